@@ -1,0 +1,1 @@
+"""question → retrieve → prompt → model → answer + citations → feedback."""

@@ -1,0 +1,154 @@
+"""The `localcat` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from assistant.errors import LocalCatError
+
+
+class _Group(click.Group):
+    """Turns LocalCat errors into one clear line and exit code 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LocalCatError as exc:
+            click.secho(f"Error: {exc}", fg="red", err=True)
+            ctx.exit(1)
+
+
+def container():
+    from assistant.container import Container
+
+    return Container()
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="localcat")
+def main() -> None:
+    """LocalCat: a self-hosted assistant over your own documents.
+
+    \b
+      localcat ingest samples/             # index documents
+      localcat ask "How many vacation days do I get?"
+      localcat chat                        # interactive, with history
+
+    Settings come from ./localcat.toml and LOCALCAT_* variables (see `localcat config`).
+    """
+
+
+def _collection_option(f):
+    return click.option("--collection", "-c", default=None,
+                        help="Collection to use (default: settings' chroma.collection).")(f)
+
+
+def _print_sources(citations, out=sys.stdout) -> None:
+    if not citations:
+        return
+    click.echo("\nSources:", file=out)
+    for c in citations:
+        mark = "*" if c.cited else " "
+        click.echo(f" {mark}[{c.n}] {c.location}  (score {c.score:.4f})", file=out)
+        click.echo(f"      {c.snippet[:160]}", file=out)
+
+
+@main.command()
+@click.argument("question")
+@_collection_option
+@click.option("--model", "-m", default=None, help="Model name (Ollama runtime).")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer and its sources as JSON.")
+def ask(question: str, collection: str | None, model: str | None, as_json: bool) -> None:
+    """Answer QUESTION from the ingested documents, with cited sources.
+
+    Example: localcat ask "What is the per-diem for travel?" --collection handbook
+    """
+    from assistant.pipeline import Done, Token
+
+    c = container()
+    pipeline = c.pipeline(collection, model)
+    click.echo(f"[{pipeline.model_tag}]", err=True)
+    for event in pipeline.stream(question):
+        if isinstance(event, Token) and not as_json:
+            click.echo(event.text, nl=False)
+            sys.stdout.flush()
+        elif isinstance(event, Done):
+            if as_json:
+                click.echo(event.answer.model_dump_json(indent=2))
+            else:
+                click.echo()
+                _print_sources(event.answer.citations)
+
+
+@main.command()
+@_collection_option
+@click.option("--model", "-m", default=None, help="Model name (Ollama runtime).")
+def chat(collection: str | None, model: str | None) -> None:
+    """Chat in the terminal; follow-up questions use the conversation so far.
+
+    Type /reset to forget the history, /quit (or Ctrl-D) to leave.
+    """
+    from assistant.pipeline import Done, Token
+    from assistant.schemas import Message
+
+    pipeline = container().pipeline(collection, model)
+    click.echo(f"LocalCat [{pipeline.model_tag}] on collection "
+               f"{pipeline.retriever.collection!r}. /reset, /quit", err=True)
+    history: list[Message] = []
+    while True:
+        try:
+            question = click.prompt("you", prompt_suffix="> ").strip()
+        except (EOFError, click.Abort):
+            click.echo(err=True)
+            return
+        if question in ("/quit", "/exit"):
+            return
+        if question == "/reset":
+            history.clear()
+            continue
+        if not question:
+            continue
+        click.echo("localcat> ", nl=False)
+        try:
+            for event in pipeline.stream(question, history):
+                if isinstance(event, Token):
+                    click.echo(event.text, nl=False)
+                elif isinstance(event, Done):
+                    click.echo()
+                    _print_sources(event.answer.citations)
+                    history += [Message(role="user", content=question),
+                                Message(role="assistant", content=event.answer.answer)]
+        except LocalCatError as exc:  # keep the session alive: the runtime may come back
+            click.secho(f"\nError: {exc}", fg="red", err=True)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def config(as_json: bool) -> None:
+    """Show the effective settings (defaults + localcat.toml + LOCALCAT_* variables)."""
+    from assistant.settings import Settings
+
+    data = Settings().model_dump(mode="json")
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    def walk(d: dict, prefix: str = "") -> None:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                walk(v, f"{prefix}{k}.")
+            else:
+                click.echo(f"{prefix}{k} = {v!r}")
+    walk(data)
+
+
+def _register() -> None:
+    from ingest.cli import collections, ingest, remove
+
+    for cmd in (ingest, remove, collections):
+        main.add_command(cmd)
+
+
+_register()

@@ -1,0 +1,123 @@
+"""The RAG pipeline: condense the follow-up → retrieve → prompt → stream the answer → citations.
+
+The steps are LCEL runnables; ``stream`` drives them so callers get the sources before the first
+token and the finished ``Answer`` (what feedback snapshots) at the end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.output_parsers import StrOutputParser
+
+from assistant.prompt import ANSWER_PROMPT, CONDENSE_PROMPT, NOT_FOUND, PROMPT_VERSION, format_context
+from assistant.retriever import HybridRetriever
+from assistant.schemas import Answer, Citation, Message
+
+_CITE = re.compile(r"\[(\d+)\]")
+SNIPPET_CHARS = 300
+
+
+@dataclass
+class Sources:
+    """Sent first: what was retrieved for the (condensed) question."""
+
+    standalone_question: str
+    citations: list[Citation]
+
+
+@dataclass
+class Token:
+    text: str
+
+
+@dataclass
+class Done:
+    answer: Answer
+
+
+Event = Sources | Token | Done
+
+
+def citations_for(docs: list[Document]) -> list[Citation]:
+    return [
+        Citation(
+            n=n, chunk_id=d.metadata["chunk_id"], source=d.metadata["source"],
+            page=d.metadata.get("page"), heading=d.metadata.get("heading"),
+            anchor=d.metadata.get("anchor"), snippet=_snippet(d.page_content),
+            score=round(d.metadata["score"], 6),
+            similarity=None if d.metadata.get("similarity") is None else round(d.metadata["similarity"], 4),
+        )
+        for n, d in enumerate(docs, start=1)
+    ]
+
+
+def _snippet(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+def _messages(history: list[Message], turns: int) -> list[BaseMessage]:
+    kept = [m for m in history if m.role in ("user", "assistant")][-turns:] if turns else []
+    return [HumanMessage(m.content) if m.role == "user" else AIMessage(m.content) for m in kept]
+
+
+class RagPipeline:
+    def __init__(self, llm: BaseChatModel, retriever: HybridRetriever, *, model_tag: str,
+                 condense: bool = True, history_turns: int = 6):
+        self.llm = llm
+        self.retriever = retriever
+        self.model_tag = model_tag
+        self.condense = condense
+        self.history_turns = history_turns
+        self.condense_chain = CONDENSE_PROMPT | llm | StrOutputParser()
+        self.answer_chain = ANSWER_PROMPT | llm
+
+    def standalone(self, question: str, history: list[BaseMessage]) -> str:
+        if not (self.condense and history):
+            return question
+        rewritten = self.condense_chain.invoke({"question": question, "history": history}).strip()
+        # Tiny models sometimes answer instead of rewriting; a blank or rambling rewrite is worse
+        # than the raw follow-up.
+        return rewritten if 0 < len(rewritten) <= 4 * len(question) + 200 else question
+
+    def stream(self, question: str, history: list[Message] | None = None) -> Iterator[Event]:
+        history = history or []
+        msgs = _messages(history, self.history_turns)
+        standalone = self.standalone(question, msgs)
+        docs = self.retriever.invoke(standalone)
+        citations = citations_for(docs)
+        yield Sources(standalone, citations)
+
+        if docs:
+            parts: list[str] = []
+            stream = self.answer_chain.stream(
+                {"context": format_context(docs), "history": msgs, "question": question}
+            )
+            for chunk in stream:
+                if chunk.content:
+                    parts.append(chunk.content)
+                    yield Token(chunk.content)
+            text = "".join(parts).strip()
+        else:
+            text = NOT_FOUND
+            yield Token(text)
+        cited = {int(n) for n in _CITE.findall(text)}
+        for c in citations:
+            c.cited = c.n in cited
+        yield Done(Answer(
+            question=question, standalone_question=standalone, history=history,
+            collection=self.retriever.collection, answer=text, citations=citations,
+            grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
+        ))
+
+    def ask(self, question: str, history: list[Message] | None = None) -> Answer:
+        for event in self.stream(question, history):
+            if isinstance(event, Done):
+                return event.answer
+        raise AssertionError("pipeline ended without an answer")

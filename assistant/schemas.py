@@ -1,0 +1,96 @@
+"""Typed objects at the boundaries: chunks, citations, answers, ingest reports."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Chunk(BaseModel):
+    """A piece of a document as stored: text plus where it came from."""
+
+    id: str
+    text: str
+    source: str = Field(description="Absolute path (or upload name) of the file.")
+    file_hash: str
+    position: int = Field(description="Index of the chunk within its file.")
+    page: int | None = Field(None, description="1-based page, for PDFs.")
+    heading: str | None = Field(None, description="Heading path, e.g. 'Install > Linux'.")
+    anchor: str | None = Field(None, description="Fragment id in HTML, row range in CSV.")
+
+
+class Citation(BaseModel):
+    """One retrieved chunk as shown to the user beside an answer."""
+
+    n: int = Field(description="The [n] marker used in the prompt and the answer.")
+    chunk_id: str
+    source: str
+    page: int | None = None
+    heading: str | None = None
+    anchor: str | None = None
+    snippet: str
+    score: float = Field(description="Fused reciprocal-rank score.")
+    similarity: float | None = Field(None, description="Cosine similarity of the dense match.")
+    cited: bool = Field(False, description="The answer text refers to this source as [n].")
+
+    @property
+    def location(self) -> str:
+        parts = [self.source]
+        if self.page is not None:
+            parts.append(f"p. {self.page}")
+        if self.heading:
+            parts.append(f"§ {self.heading}")
+        if self.anchor:
+            parts.append(f"#{self.anchor}")
+        return ", ".join(parts)
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+def new_answer_id() -> str:
+    return "ans_" + uuid.uuid4().hex
+
+
+class Answer(BaseModel):
+    """A finished answer with what produced it (what feedback snapshots)."""
+
+    id: str = Field(default_factory=new_answer_id)
+    question: str
+    standalone_question: str
+    history: list[Message] = Field(default_factory=list)
+    collection: str
+    answer: str
+    citations: list[Citation] = Field(default_factory=list)
+    grounded: bool = Field(description="False when no retrieved chunk was relevant enough.")
+    model: str
+    prompt_version: str
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class FileResult(BaseModel):
+    path: str
+    status: Literal["added", "updated", "skipped", "removed", "failed"]
+    chunks: int = 0
+    reason: str | None = None
+
+
+class IngestReport(BaseModel):
+    collection: str
+    files: list[FileResult] = Field(default_factory=list)
+    seconds: float = 0.0
+
+    def count(self, status: str) -> int:
+        return sum(1 for f in self.files if f.status == status)
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(f.chunks for f in self.files if f.status in ("added", "updated"))
+
+    def summary(self) -> dict[str, int]:
+        return {s: self.count(s) for s in ("added", "updated", "skipped", "removed", "failed")}

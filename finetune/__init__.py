@@ -1,0 +1,1 @@
+"""feedback → data sets → LoRA → eval → adapter + Modelfile → registered model."""

@@ -1,0 +1,1 @@
+"""files → Documents → chunks (content-hash ids) → embeddings → Chroma."""

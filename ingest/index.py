@@ -1,0 +1,204 @@
+"""The ingest run: files → hash check → sections → chunks → embeddings → Chroma + chunk store.
+
+Per file, nothing is written until it has parsed, chunked and embedded, so a bad file never
+touches the store. Writes then go: manifest row 'pending' → Chroma delete-by-source + add →
+one SQLite transaction swapping the chunk rows and marking 'done'. A crash anywhere leaves a
+'pending' row; the next run redoes that file from scratch, so it ends with exactly the chunks a
+clean ingest gives. Retrieval reads text from SQLite, so stray vectors are never shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from assistant.errors import BadFile, LocalCatError
+from assistant.schemas import Chunk, FileResult, IngestReport
+from assistant.settings import Settings
+from assistant.vectorstore import BM25Index, ChunkStore, check_collection_name
+from ingest.chunking import chunk_sections
+from ingest.loaders import iter_files, load_file
+
+# Chroma rejects adds above its max batch size (~5k); stay well below.
+_CHROMA_BATCH = 1000
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def chunk_id(path: str, content_hash: str, position: int) -> str:
+    """Derived from what the chunk is, so re-ingesting the same content yields the same ids."""
+    return hashlib.sha256(f"{path}\0{content_hash}\0{position}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class Progress:
+    """Callbacks for a UI: a file started, chunks embedded, a file finished."""
+
+    on_files: Callable[[int], None] = lambda total: None
+    on_file_done: Callable[[FileResult], None] = lambda result: None
+    extra: dict = field(default_factory=dict)
+
+
+class Indexer:
+    """Writes documents into one collection; the only writer of the chunk store and Chroma."""
+
+    def __init__(self, settings: Settings, embeddings, chroma, store: ChunkStore, bm25: BM25Index):
+        self.settings = settings
+        self.embeddings = embeddings
+        self.chroma = chroma
+        self.store = store
+        self.bm25 = bm25
+
+    @property
+    def config_key(self) -> str:
+        """What besides file content decides the chunks: changing it re-ingests everything."""
+        c = self.settings.chunking
+        return f"emb={self.embeddings.name};size={c.chunk_size};overlap={c.chunk_overlap}"
+
+    def _collection(self, name: str):
+        check_collection_name(name)
+        self.store.ensure_collection(name, self.embeddings.name, self.embeddings.dimension)
+        return self.chroma.get_or_create_collection(
+            name, metadata={"hnsw:space": "cosine"}, embedding_function=None
+        )
+
+    def ingest(self, paths: Iterable[Path], collection: str, *, prune: bool = True,
+               progress: Progress | None = None) -> IngestReport:
+        progress = progress or Progress()
+        started = time.perf_counter()
+        coll = self._collection(collection)
+        report = IngestReport(collection=collection)
+        paths = [Path(p).expanduser().resolve() for p in paths]
+
+        # Files left 'pending' by a crashed run are redone whatever their hash says.
+        found: list[tuple[Path, str | None]] = []
+        for p in paths:
+            if not p.exists():
+                report.files.append(FileResult(path=str(p), status="failed",
+                                               reason="no such file or folder"))
+                continue
+            found.extend(iter_files([p]))
+        progress.on_files(len(found))
+
+        seen: set[str] = set()
+        for path, problem in found:
+            seen.add(str(path))
+            result = (FileResult(path=str(path), status="failed", reason=problem) if problem
+                      else self._ingest_file(path, collection, coll))
+            report.files.append(result)
+            progress.on_file_done(result)
+
+        if prune:
+            folders = [p for p in paths if p.is_dir()]
+            for rec in self.store.files(collection):
+                if rec.path in seen or not any(Path(rec.path).is_relative_to(f) for f in folders):
+                    continue
+                if Path(rec.path).exists() and rec.state == "done":
+                    continue  # still there, just unsupported now or hidden: leave it
+                self._remove(rec.path, collection, coll)
+                report.files.append(FileResult(path=rec.path, status="removed", chunks=rec.chunks))
+        self.refresh_bm25(collection)
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _ingest_file(self, path: Path, collection: str, coll) -> FileResult:
+        key = str(path)
+        try:
+            digest = file_hash(path)
+        except OSError as exc:
+            return FileResult(path=key, status="failed", reason=f"cannot read: {exc.strerror}")
+        old = self.store.file(collection, key)
+        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key:
+            return FileResult(path=key, status="skipped", chunks=old.chunks)
+        try:
+            chunks = self._chunks(path, digest)
+            vectors = self.embeddings.encode([c.text for c in chunks]) if chunks else []
+        except BadFile as exc:
+            return FileResult(path=key, status="failed", reason=str(exc))
+        except (OSError, UnicodeError, ValueError, MemoryError) as exc:
+            return FileResult(path=key, status="failed", reason=f"{type(exc).__name__}: {exc}")
+
+        self.store.mark_pending(collection, key, digest, self.config_key)
+        coll.delete(where={"source": key})
+        for i in range(0, len(chunks), _CHROMA_BATCH):
+            part = chunks[i : i + _CHROMA_BATCH]
+            coll.add(
+                ids=[c.id for c in part],
+                embeddings=vectors[i : i + _CHROMA_BATCH],
+                metadatas=[_metadata(c) for c in part],
+            )
+        self.store.commit_file(collection, key, digest, self.config_key, chunks)
+        status = "updated" if old else "added"
+        return FileResult(path=key, status=status, chunks=len(chunks))
+
+    def _chunks(self, path: Path, digest: str) -> list[Chunk]:
+        ing, ch = self.settings.ingest, self.settings.chunking
+        sections = load_file(path, max_bytes=int(ing.max_file_mb * 1024 * 1024))
+        docs = chunk_sections(sections, chunk_size=ch.chunk_size, chunk_overlap=ch.chunk_overlap)
+        if not docs:
+            raise BadFile(f"{path.name}: no text after chunking", "check the file has readable text")
+        if len(docs) > ing.max_chunks_per_file:
+            raise BadFile(
+                f"{path.name}: {len(docs)} chunks is over the limit of {ing.max_chunks_per_file}",
+                "split the file or raise LOCALCAT_INGEST__MAX_CHUNKS_PER_FILE",
+            )
+        key = str(path)
+        return [
+            Chunk(id=chunk_id(key, digest, i), text=d.page_content, source=key, file_hash=digest,
+                  position=i, page=d.metadata.get("page"), heading=d.metadata.get("heading"),
+                  anchor=d.metadata.get("anchor"))
+            for i, d in enumerate(docs)
+        ]
+
+    def _remove(self, path: str, collection: str, coll) -> None:
+        coll.delete(where={"source": path})
+        self.store.remove_file(collection, path)
+
+    def remove(self, paths: Iterable[str], collection: str) -> IngestReport:
+        """Forget files (by their ingested path) from a collection."""
+        self.store.require_collection(collection)
+        coll = self._collection(collection)
+        report = IngestReport(collection=collection)
+        for p in paths:
+            key = str(Path(p).expanduser().resolve())
+            rec = self.store.file(collection, key)
+            if rec is None:
+                report.files.append(FileResult(path=key, status="failed", reason="not in collection"))
+                continue
+            self._remove(key, collection, coll)
+            report.files.append(FileResult(path=key, status="removed", chunks=rec.chunks))
+        self.refresh_bm25(collection)
+        return report
+
+    def refresh_bm25(self, collection: str) -> None:
+        if self.store.bm25_dirty(collection):
+            self.bm25.rebuild(collection, self.store.all_chunks(collection))
+            self.store.set_bm25_clean(collection)
+
+    def drop_collection(self, collection: str) -> None:
+        self.store.require_collection(collection)
+        try:
+            self.chroma.delete_collection(collection)
+        except (ValueError, LocalCatError):
+            pass  # already gone from Chroma: the manifest is what we still have to clear
+        except Exception as exc:
+            if "does not exist" not in str(exc):
+                raise
+        self.store.drop_collection(collection)
+        self.bm25.drop(collection)
+
+
+def _metadata(c: Chunk) -> dict:
+    meta = {"source": c.source, "position": c.position, "file_hash": c.file_hash}
+    meta.update({k: v for k, v in (("page", c.page), ("heading", c.heading), ("anchor", c.anchor))
+                 if v is not None})
+    return meta

@@ -1,0 +1,57 @@
+"""Shared fixtures. Every test gets its own data dir: nothing touches the user's real one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+
+# Offline by construction: any hub download attempt fails fast instead of hanging.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Point LocalCat at tmp_path and away from any Ollama or config of the developer's machine."""
+    for key in list(os.environ):
+        if key.startswith("LOCALCAT_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("LOCALCAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LOCALCAT_CONFIG", str(tmp_path / "no-config.toml"))
+    # A port nothing listens on, so 'auto' never finds a stray Ollama.
+    monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
+
+
+@pytest.fixture
+def container():
+    """A composition root built from the isolated environment (real parts, built lazily)."""
+    from assistant.container import Container
+
+    return Container()
+
+
+@pytest.fixture
+def docs_dir(tmp_path: Path) -> Path:
+    """A small folder of distinctive documents in several formats."""
+    d = tmp_path / "docs"
+    d.mkdir()
+    (d / "vacation.md").write_text(
+        "# Leave\n\n## Vacation\n\nEvery employee gets 27 vacation days per calendar year. "
+        "Unused days carry over until March 31.\n\n## Sick leave\n\nReport sickness to your lead "
+        "before 9:30 on the first day.\n"
+    )
+    (d / "it.txt").write_text(
+        "Password resets are self-service at the identity portal. The helpdesk extension is 4417. "
+        "Laptops are replaced every 36 months.\n"
+    )
+    (d / "kitchen.html").write_text(
+        "<html><body><h1 id='kitchen'>Kitchen rules</h1><p>The espresso machine is descaled "
+        "every Friday by the facilities team.</p></body></html>"
+    )
+    return d

@@ -1,0 +1,63 @@
+"""Fusion and the BM25 index alone, with a fake embedder-free setup."""
+
+from __future__ import annotations
+
+from assistant.retriever import rrf
+from assistant.vectorstore import BM25Index, ChunkStore
+
+
+def test_rrf_rewards_agreement_and_respects_weights():
+    fused = rrf([(["a", "b", "c"], 1.0), (["c", "a", "d"], 1.0)], k=60)
+    order = sorted(fused, key=fused.get, reverse=True)
+    assert order[:2] == ["a", "c"] and set(order) == {"a", "b", "c", "d"}
+    assert fused["a"] == 1 / 61 + 1 / 62
+    dense_only = rrf([(["a", "b"], 1.0), (["b", "a"], 0.0)], k=60)
+    assert dense_only["a"] > dense_only["b"]
+
+
+def test_bm25_index_persists_and_swaps_versions(tmp_path):
+    index = BM25Index(tmp_path / "bm25")
+    index.rebuild("kb", [("1", "the red fox jumps"), ("2", "a lazy dog sleeps"), ("3", "red wine")])
+    hits = index.search("kb", "red fox", 5)
+    assert [h[0] for h in hits][:1] == ["1"] and {h[0] for h in hits} == {"1", "3"}
+    # A second reader process would load from disk: same answers.
+    assert BM25Index(tmp_path / "bm25").search("kb", "red fox", 5) == hits
+    index.rebuild("kb", [("9", "only dogs now")])
+    assert index.search("kb", "red fox", 5) == []
+    assert [h[0] for h in index.search("kb", "dogs", 5)] == ["9"]
+    assert len([p for p in (tmp_path / "bm25" / "kb").iterdir() if p.is_dir()]) == 1
+
+
+def test_bm25_empty_and_stopword_queries(tmp_path):
+    index = BM25Index(tmp_path / "bm25")
+    assert index.search("missing", "anything", 5) == []
+    index.rebuild("kb", [])
+    assert index.search("kb", "anything", 5) == []
+    index.rebuild("kb", [("1", "text here")])
+    assert index.search("kb", "the of and", 5) == []
+
+
+def test_chunk_store_marks_pending_then_done(tmp_path):
+    from assistant.schemas import Chunk
+
+    store = ChunkStore(tmp_path / "index.sqlite")
+    store.ensure_collection("kb", "emb", 3)
+    store.mark_pending("kb", "/a.txt", "h1", "cfg")
+    assert store.file("kb", "/a.txt").state == "pending" and store.bm25_dirty("kb")
+    chunk = Chunk(id="x", text="hello", source="/a.txt", file_hash="h1", position=0, page=2)
+    store.commit_file("kb", "/a.txt", "h1", "cfg", [chunk])
+    assert store.file("kb", "/a.txt").state == "done"
+    assert store.chunks("kb", ["x", "nope"]) == {"x": chunk}
+    store.remove_file("kb", "/a.txt")
+    assert store.chunk_ids("kb") == set() and store.file("kb", "/a.txt") is None
+
+
+def test_collection_embedder_mismatch_is_refused(tmp_path):
+    import pytest
+
+    from assistant.errors import ConfigError
+
+    store = ChunkStore(tmp_path / "index.sqlite")
+    store.ensure_collection("kb", "minilm", 384)
+    with pytest.raises(ConfigError, match="new --collection"):
+        store.ensure_collection("kb", "other", 768)

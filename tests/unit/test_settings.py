@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from assistant.errors import BadRequest
+from assistant.settings import Settings
+from assistant.vectorstore import check_collection_name
+
+
+def test_env_and_toml_layers(tmp_path, monkeypatch):
+    cfg = tmp_path / "localcat.toml"
+    cfg.write_text('[llm]\nruntime = "embedded"\nmax_tokens = 99\n[retrieval]\nk = 7\n')
+    monkeypatch.setenv("LOCALCAT_CONFIG", str(cfg))
+    monkeypatch.setenv("LOCALCAT_RETRIEVAL__K", "3")
+    s = Settings()
+    assert s.llm.runtime == "embedded" and s.llm.max_tokens == 99
+    assert s.retrieval.k == 3  # the environment wins over the file
+    assert s.data_dir == Path(tmp_path / "data")
+
+
+def test_ollama_host_follows_ollamas_own_variable(monkeypatch):
+    monkeypatch.setenv("OLLAMA_HOST", "0.0.0.0:11500")
+    assert Settings().llm.ollama_host == "http://127.0.0.1:11500"
+
+
+@pytest.mark.parametrize("name", ["ab", "../etc", "a/b", "-x-", "a..b", "x" * 70])
+def test_bad_collection_names(name):
+    with pytest.raises(BadRequest, match="collection name"):
+        check_collection_name(name)
