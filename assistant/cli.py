@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from assistant.errors import LocalCatError
+from assistant.errors import ConfigError, LocalCatError
 
 
 class _Group(click.Group):
@@ -123,6 +123,46 @@ def chat(collection: str | None, model: str | None) -> None:
                                 Message(role="assistant", content=event.answer.answer)]
         except LocalCatError as exc:  # keep the session alive: the runtime may come back
             click.secho(f"\nError: {exc}", fg="red", err=True)
+
+
+@main.command()
+@click.option("--host", default=None, help="Bind address (default: settings' server.host).")
+@click.option("--port", "-p", type=int, default=None, help="Port (default: settings' server.port).")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes; use a Chroma server (LOCALCAT_CHROMA__URL) with more than one.")
+@click.option("--no-ui", is_flag=True, help="Serve the API only, without the Gradio page.")
+def serve(host: str | None, port: int | None, workers: int, no_ui: bool) -> None:
+    """Serve the API (OpenAI-compatible /v1/chat/completions, /api/...) and the chat page (/ui).
+
+    Example: localcat serve --port 8080, then open http://127.0.0.1:8080/
+    """
+    import os
+
+    import uvicorn
+
+    from assistant.settings import Settings
+
+    s = Settings()
+    # Workers build their own app from the environment, so pass overrides through it.
+    if host:
+        os.environ["LOCALCAT_SERVER__HOST"] = host
+    if port:
+        os.environ["LOCALCAT_SERVER__PORT"] = str(port)
+    if no_ui:
+        os.environ["LOCALCAT_SERVER__UI"] = "false"
+    host, port = host or s.server.host, port or s.server.port
+    if workers > 1 and not s.chroma.url:
+        raise ConfigError("Several workers cannot share the embedded Chroma store",
+                          "run `chroma run` and set LOCALCAT_CHROMA__URL, or use --workers 1")
+    from assistant.server import create_app
+
+    app = create_app()  # fails fast on bad settings (e.g. no API keys off loopback)
+    click.echo(f"LocalCat on http://{host}:{port}/  (API docs at /docs)", err=True)
+    if workers == 1:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    else:
+        uvicorn.run("assistant.server:app_factory", factory=True, host=host, port=port,
+                    workers=workers, log_level="info")
 
 
 @main.command()

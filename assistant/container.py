@@ -77,11 +77,18 @@ class Container:
                 self._models[key] = build_chat_model(llm)
             return self._models[key]
 
+    def loaded_model_tags(self) -> list[str]:
+        return [tag for _, tag in self._models.values()]
+
     def pipeline(self, collection: str | None = None, model: str | None = None):
         from assistant.pipeline import RagPipeline
+
+        from assistant.llm import translate_runtime_error
 
         retriever = self.retriever(collection)
         llm, tag = self.chat_model(model)
         p = self.settings.pipeline
+        llm_settings = self.settings.llm.model_copy(update={"ollama_model": model}) if model else self.settings.llm
         return RagPipeline(llm, retriever, model_tag=tag, condense=p.condense,
-                           history_turns=p.history_turns)
+                           history_turns=p.history_turns,
+                           translate_error=lambda exc: translate_runtime_error(exc, llm_settings))

@@ -7,7 +7,8 @@ token and the finished ``Answer`` (what feedback snapshots) at the end.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from langchain_core.documents import Document
@@ -17,7 +18,8 @@ from langchain_core.output_parsers import StrOutputParser
 
 from assistant.prompt import ANSWER_PROMPT, CONDENSE_PROMPT, NOT_FOUND, PROMPT_VERSION, format_context
 from assistant.retriever import HybridRetriever
-from assistant.schemas import Answer, Citation, Message
+from assistant.errors import LocalCatError
+from assistant.schemas import Answer, Citation, Message, new_answer_id
 
 _CITE = re.compile(r"\[(\d+)\]")
 SNIPPET_CHARS = 300
@@ -69,8 +71,10 @@ def _messages(history: list[Message], turns: int) -> list[BaseMessage]:
 
 class RagPipeline:
     def __init__(self, llm: BaseChatModel, retriever: HybridRetriever, *, model_tag: str,
-                 condense: bool = True, history_turns: int = 6):
+                 condense: bool = True, history_turns: int = 6,
+                 translate_error: Callable[[BaseException], LocalCatError | None] | None = None):
         self.llm = llm
+        self.translate_error = translate_error
         self.retriever = retriever
         self.model_tag = model_tag
         self.condense = condense
@@ -78,15 +82,30 @@ class RagPipeline:
         self.condense_chain = CONDENSE_PROMPT | llm | StrOutputParser()
         self.answer_chain = ANSWER_PROMPT | llm
 
+    @contextmanager
+    def _runtime_errors(self) -> Iterator[None]:
+        """The model client's own errors (e.g. httpx mid-stream) as LocalCat errors with a fix."""
+        try:
+            yield
+        except LocalCatError:
+            raise
+        except Exception as exc:
+            err = self.translate_error(exc) if self.translate_error else None
+            if err is None:
+                raise
+            raise err from exc
+
     def standalone(self, question: str, history: list[BaseMessage]) -> str:
         if not (self.condense and history):
             return question
-        rewritten = self.condense_chain.invoke({"question": question, "history": history}).strip()
+        with self._runtime_errors():
+            rewritten = self.condense_chain.invoke({"question": question, "history": history}).strip()
         # Tiny models sometimes answer instead of rewriting; a blank or rambling rewrite is worse
         # than the raw follow-up.
         return rewritten if 0 < len(rewritten) <= 4 * len(question) + 200 else question
 
-    def stream(self, question: str, history: list[Message] | None = None) -> Iterator[Event]:
+    def stream(self, question: str, history: list[Message] | None = None, *,
+               answer_id: str | None = None) -> Iterator[Event]:
         history = history or []
         msgs = _messages(history, self.history_turns)
         standalone = self.standalone(question, msgs)
@@ -99,10 +118,11 @@ class RagPipeline:
             stream = self.answer_chain.stream(
                 {"context": format_context(docs), "history": msgs, "question": question}
             )
-            for chunk in stream:
-                if chunk.content:
-                    parts.append(chunk.content)
-                    yield Token(chunk.content)
+            with self._runtime_errors():
+                for chunk in stream:
+                    if chunk.content:
+                        parts.append(chunk.content)
+                        yield Token(chunk.content)
             text = "".join(parts).strip()
         else:
             text = NOT_FOUND
@@ -111,13 +131,14 @@ class RagPipeline:
         for c in citations:
             c.cited = c.n in cited
         yield Done(Answer(
-            question=question, standalone_question=standalone, history=history,
+            id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
             collection=self.retriever.collection, answer=text, citations=citations,
             grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
         ))
 
-    def ask(self, question: str, history: list[Message] | None = None) -> Answer:
-        for event in self.stream(question, history):
+    def ask(self, question: str, history: list[Message] | None = None, *,
+            answer_id: str | None = None) -> Answer:
+        for event in self.stream(question, history, answer_id=answer_id):
             if isinstance(event, Done):
                 return event.answer
         raise AssertionError("pipeline ended without an answer")

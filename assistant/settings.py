@@ -123,6 +123,7 @@ class ServerSettings(BaseModel):
         default_factory=list, description="Bearer keys; when set every endpoint but /health needs one."
     )
     max_upload_mb: float = Field(50, gt=0, description="Largest file accepted by /api/ingest.")
+    ui: bool = Field(True, description="Mount the Gradio chat page at /ui.")
 
 
 class Settings(BaseSettings):

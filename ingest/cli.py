@@ -23,8 +23,11 @@ def _print_report(report: IngestReport, as_json: bool, verbose: bool) -> None:
         if f.status == "failed":
             click.secho(f"failed   {f.path}: {f.reason}", fg="red", err=True)
         elif verbose or f.status != "skipped":
-            click.secho(f"{f.status:<8} {f.path} ({f.chunks} chunks)",
-                        fg=_STATUS_COLOUR.get(f.status), err=True)
+            click.secho(
+                f"{f.status:<8} {f.path} ({f.chunks} chunks)",
+                fg=_STATUS_COLOUR.get(f.status),
+                err=True,
+            )
     s = report.summary()
     click.echo(
         f"{report.collection}: {s['added']} added, {s['updated']} updated, {s['skipped']} skipped, "
@@ -36,13 +39,23 @@ def _print_report(report: IngestReport, as_json: bool, verbose: bool) -> None:
 @click.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--collection", "-c", default=None, help="Collection to write to.")
-@click.option("--prune/--no-prune", default=True, show_default=True,
-              help="Remove files that are gone from an ingested folder.")
+@click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Remove files that are gone from an ingested folder.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--verbose", "-v", is_flag=True, help="List skipped files too.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def ingest(paths: tuple[Path, ...], collection: str | None, prune: bool, as_json: bool,
-           verbose: bool, quiet: bool) -> None:
+def ingest(
+    paths: tuple[Path, ...],
+    collection: str | None,
+    prune: bool,
+    as_json: bool,
+    verbose: bool,
+    quiet: bool,
+) -> None:
     """Index files and folders (PDF, DOCX, HTML, Markdown, text, CSV) into a collection.
 
     Re-running is cheap: unchanged files are skipped by content hash, changed files replace their
@@ -69,8 +82,9 @@ def ingest(paths: tuple[Path, ...], collection: str | None, prune: bool, as_json
         bar.update()
 
     try:
-        report = c.indexer.ingest(paths, name, prune=prune,
-                                  progress=Progress(on_files=on_files, on_file_done=on_done))
+        report = c.indexer.ingest(
+            paths, name, prune=prune, progress=Progress(on_files=on_files, on_file_done=on_done)
+        )
     finally:
         bar.close()
     _print_report(report, as_json, verbose)
@@ -107,7 +121,9 @@ def collections(ctx: click.Context, as_json: bool) -> None:
     if not rows:
         click.echo("No collections yet: run `localcat ingest PATH`.")
     for r in rows:
-        click.echo(f"{r['name']:<24} {r['files']:>6} files {r['chunks']:>8} chunks  ({r['embedder']})")
+        click.echo(
+            f"{r['name']:<24} {r['files']:>6} files {r['chunks']:>8} chunks  ({r['embedder']})"
+        )
 
 
 @collections.command("delete")

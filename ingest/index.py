@@ -71,8 +71,14 @@ class Indexer:
             name, metadata={"hnsw:space": "cosine"}, embedding_function=None
         )
 
-    def ingest(self, paths: Iterable[Path], collection: str, *, prune: bool = True,
-               progress: Progress | None = None) -> IngestReport:
+    def ingest(
+        self,
+        paths: Iterable[Path],
+        collection: str,
+        *,
+        prune: bool = True,
+        progress: Progress | None = None,
+    ) -> IngestReport:
         progress = progress or Progress()
         started = time.perf_counter()
         coll = self._collection(collection)
@@ -83,8 +89,9 @@ class Indexer:
         found: list[tuple[Path, str | None]] = []
         for p in paths:
             if not p.exists():
-                report.files.append(FileResult(path=str(p), status="failed",
-                                               reason="no such file or folder"))
+                report.files.append(
+                    FileResult(path=str(p), status="failed", reason="no such file or folder")
+                )
                 continue
             found.extend(iter_files([p]))
         progress.on_files(len(found))
@@ -92,8 +99,11 @@ class Indexer:
         seen: set[str] = set()
         for path, problem in found:
             seen.add(str(path))
-            result = (FileResult(path=str(path), status="failed", reason=problem) if problem
-                      else self._ingest_file(path, collection, coll))
+            result = (
+                FileResult(path=str(path), status="failed", reason=problem)
+                if problem
+                else self._ingest_file(path, collection, coll)
+            )
             report.files.append(result)
             progress.on_file_done(result)
 
@@ -117,7 +127,12 @@ class Indexer:
         except OSError as exc:
             return FileResult(path=key, status="failed", reason=f"cannot read: {exc.strerror}")
         old = self.store.file(collection, key)
-        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key:
+        if (
+            old
+            and old.state == "done"
+            and old.file_hash == digest
+            and old.config == self.config_key
+        ):
             return FileResult(path=key, status="skipped", chunks=old.chunks)
         try:
             chunks = self._chunks(path, digest)
@@ -145,7 +160,9 @@ class Indexer:
         sections = load_file(path, max_bytes=int(ing.max_file_mb * 1024 * 1024))
         docs = chunk_sections(sections, chunk_size=ch.chunk_size, chunk_overlap=ch.chunk_overlap)
         if not docs:
-            raise BadFile(f"{path.name}: no text after chunking", "check the file has readable text")
+            raise BadFile(
+                f"{path.name}: no text after chunking", "check the file has readable text"
+            )
         if len(docs) > ing.max_chunks_per_file:
             raise BadFile(
                 f"{path.name}: {len(docs)} chunks is over the limit of {ing.max_chunks_per_file}",
@@ -153,9 +170,16 @@ class Indexer:
             )
         key = str(path)
         return [
-            Chunk(id=chunk_id(key, digest, i), text=d.page_content, source=key, file_hash=digest,
-                  position=i, page=d.metadata.get("page"), heading=d.metadata.get("heading"),
-                  anchor=d.metadata.get("anchor"))
+            Chunk(
+                id=chunk_id(key, digest, i),
+                text=d.page_content,
+                source=key,
+                file_hash=digest,
+                position=i,
+                page=d.metadata.get("page"),
+                heading=d.metadata.get("heading"),
+                anchor=d.metadata.get("anchor"),
+            )
             for i, d in enumerate(docs)
         ]
 
@@ -172,7 +196,9 @@ class Indexer:
             key = str(Path(p).expanduser().resolve())
             rec = self.store.file(collection, key)
             if rec is None:
-                report.files.append(FileResult(path=key, status="failed", reason="not in collection"))
+                report.files.append(
+                    FileResult(path=key, status="failed", reason="not in collection")
+                )
                 continue
             self._remove(key, collection, coll)
             report.files.append(FileResult(path=key, status="removed", chunks=rec.chunks))
@@ -199,6 +225,11 @@ class Indexer:
 
 def _metadata(c: Chunk) -> dict:
     meta = {"source": c.source, "position": c.position, "file_hash": c.file_hash}
-    meta.update({k: v for k, v in (("page", c.page), ("heading", c.heading), ("anchor", c.anchor))
-                 if v is not None})
+    meta.update(
+        {
+            k: v
+            for k, v in (("page", c.page), ("heading", c.heading), ("anchor", c.anchor))
+            if v is not None
+        }
+    )
     return meta

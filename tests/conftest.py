@@ -55,3 +55,19 @@ def docs_dir(tmp_path: Path) -> Path:
         "every Friday by the facilities team.</p></body></html>"
     )
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf() -> Path:
+    """A tiny real Llama GGUF (built once per machine, ~20 s) that answers TINY_ANSWER."""
+    from tests.fixtures.tiny_model import cached_tiny_gguf
+
+    return cached_tiny_gguf()
+
+
+@pytest.fixture
+def tiny_runtime(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Use the embedded runtime with the tiny model."""
+    monkeypatch.setenv("LOCALCAT_LLM__RUNTIME", "embedded")
+    monkeypatch.setenv("LOCALCAT_LLM__MODEL_PATH", str(tiny_gguf))
+    return tiny_gguf

@@ -1,0 +1,346 @@
+"""The HTTP API (FastAPI): OpenAI-compatible chat with RAG, ingest, collections, feedback, health.
+
+Citations ride along as documented extensions, so any OpenAI client works unchanged:
+``choices[0].message.citations`` (non-streaming), a ``citations`` field on the first stream chunk
+and the final one, and a top-level ``localcat`` object with the answer id for feedback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import secrets
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Literal
+
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from assistant.container import Container
+from assistant.errors import BadRequest, ConfigError, LocalCatError
+from assistant.schemas import Answer, Message, new_answer_id
+
+log = logging.getLogger("localcat.server")
+
+DEFAULT_MODEL = "localcat"
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+# --- request / response models -------------------------------------------------------------
+
+class ChatMessageIn(BaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(p.get("text", "") for p in self.content if p.get("type") == "text")
+        return self.content or ""
+
+
+class ChatCompletionRequest(BaseModel):
+    model: str = DEFAULT_MODEL
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    stream: bool = False
+    collection: str | None = Field(None, description="LocalCat extension: collection to search.")
+    user: str | None = None
+
+
+class FeedbackRequest(BaseModel):
+    answer_id: str
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = None
+    comment: str | None = None
+    user: str | None = None
+
+
+def _split_messages(messages: list[ChatMessageIn]) -> tuple[str, list[Message]]:
+    """The last user message is the question; earlier user/assistant turns are the history."""
+    if messages[-1].role != "user" or not messages[-1].text().strip():
+        raise BadRequest("The last message must be a non-empty user message",
+                         "end `messages` with {'role': 'user', 'content': '...'}")
+    history = [Message(role=m.role, content=m.text()) for m in messages[:-1]
+               if m.role in ("user", "assistant")]
+    return messages[-1].text().strip(), history
+
+
+def _localcat_ext(answer: Answer) -> dict:
+    return {
+        "answer_id": answer.id,
+        "grounded": answer.grounded,
+        "standalone_question": answer.standalone_question,
+        "collection": answer.collection,
+        "prompt_version": answer.prompt_version,
+    }
+
+
+# --- the app ----------------------------------------------------------------------------------
+
+def create_app(container: Container | None = None, *, with_ui: bool | None = None) -> FastAPI:
+    c = container or Container()
+    settings = c.settings
+    with_ui = settings.server.ui if with_ui is None else with_ui
+    keys = settings.server.api_keys
+    if not keys and settings.server.host not in _LOOPBACK:
+        raise ConfigError(
+            f"Refusing to serve on {settings.server.host} without API keys",
+            "set LOCALCAT_SERVER__API_KEYS='[\"a-long-secret\"]' or bind 127.0.0.1",
+        )
+
+    app = FastAPI(title="LocalCat", version="0.1.0",
+                  description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
+    app.state.container = c
+    bearer = HTTPBearer(auto_error=False)
+
+    def auth(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not keys:
+            return
+        given = cred.credentials if cred else request.headers.get("x-api-key", "")
+        if not any(secrets.compare_digest(given, k) for k in keys):
+            raise _Unauthorized()
+
+    @app.exception_handler(LocalCatError)
+    async def _localcat_error(request: Request, exc: LocalCatError):
+        return _error(exc.status, str(exc), type(exc).__name__)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return _error(500, "Internal error; the server log has the details", "InternalError")
+
+    # --- OpenAI-compatible --------------------------------------------------------------------
+
+    @app.get("/v1/models", dependencies=[Depends(auth)])
+    def list_models():
+        from assistant.llm import list_models as runtime_models
+
+        names = [DEFAULT_MODEL, *runtime_models(settings.llm)]
+        return {"object": "list",
+                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "localcat"}
+                         for n in dict.fromkeys(names)]}
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    def chat_completions(req: ChatCompletionRequest):
+        question, history = _split_messages(req.messages)
+        model = None if req.model in ("", DEFAULT_MODEL) else req.model
+        pipeline = c.pipeline(req.collection, model)
+        created = int(time.time())
+        answer_id = new_answer_id()
+        if req.stream:
+            return StreamingResponse(
+                _in_thread(_sse(c, pipeline.stream(question, history, answer_id=answer_id),
+                                answer_id, req.model, created)),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        answer = pipeline.ask(question, history, answer_id=answer_id)
+        c.feedback.record_answer(answer)
+        return {
+            "id": answer.id, "object": "chat.completion", "created": created, "model": req.model,
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {
+                "role": "assistant", "content": answer.answer,
+                "citations": [x.model_dump() for x in answer.citations]}}],
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+            "localcat": _localcat_ext(answer),
+        }
+
+    # --- LocalCat API -------------------------------------------------------------------------
+
+    @app.post("/api/ingest", dependencies=[Depends(auth)])
+    def ingest_files(files: list[UploadFile] = File(...), collection: str | None = Form(None)):
+        from assistant.vectorstore import check_collection_name
+
+        name = check_collection_name(collection or settings.chroma.collection)
+        limit = int(settings.server.max_upload_mb * 1024 * 1024)
+        folder = settings.data_dir / "uploads" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        saved = [_save_upload(f, folder, limit) for f in files]
+        report = c.indexer.ingest(saved, name, prune=False)
+        return {**report.model_dump(mode="json"), "summary": report.summary()}
+
+    @app.get("/api/collections", dependencies=[Depends(auth)])
+    def collections():
+        return {"collections": c.store.collections()}
+
+    @app.delete("/api/collections/{name}", dependencies=[Depends(auth)])
+    def delete_collection(name: str):
+        c.indexer.drop_collection(name)
+        return {"deleted": name}
+
+    @app.get("/files/{collection}/{chunk_id}", dependencies=[Depends(auth)])
+    def source_file(collection: str, chunk_id: str):
+        """The file a cited chunk came from, when it still exists and is an ingested file."""
+        chunk = c.store.chunks(collection, [chunk_id]).get(chunk_id)
+        if chunk is None or c.store.file(collection, chunk.source) is None:
+            return _error(404, "No such source; it may have been re-ingested", "NotFound")
+        path = Path(chunk.source)
+        if not path.is_file():
+            return _error(404, f"{path.name} is no longer on disk", "NotFound")
+        return FileResponse(path, filename=path.name, content_disposition_type="inline")
+
+    @app.post("/api/feedback", dependencies=[Depends(auth)])
+    def feedback(req: FeedbackRequest):
+        row = c.feedback.add_feedback(req.answer_id, req.rating, correction=req.correction,
+                                      comment=req.comment, user=req.user)
+        return row.model_dump(mode="json")
+
+    @app.get("/api/feedback/export", dependencies=[Depends(auth)])
+    def export_feedback(format: Literal["jsonl"] = "jsonl"):
+        def lines() -> Iterator[str]:
+            for row in c.feedback.iter_feedback():
+                yield json.dumps(row, default=str) + "\n"
+        return StreamingResponse(lines(), media_type="application/x-ndjson",
+                                 headers={"Content-Disposition": "attachment; filename=feedback.jsonl"})
+
+    @app.get("/health")
+    def health():
+        from assistant.llm import ollama_status
+
+        out: dict = {"status": "ok", "runtime": settings.llm.runtime}
+        try:
+            out["collections"] = len(c.store.collections())
+            out["store"] = "chroma server" if settings.chroma.url else "embedded chroma"
+            c.chroma.heartbeat()
+        except LocalCatError as exc:
+            out.update(status="degraded", store_error=str(exc))
+        if settings.llm.runtime in ("auto", "ollama"):
+            version = ollama_status(settings.llm.ollama_host, 0.5)
+            out["ollama"] = version or "unreachable"
+            if version is None and settings.llm.runtime == "ollama":
+                out["status"] = "degraded"
+        out["model"] = c.loaded_model_tags() or "not loaded yet"
+        return out
+
+    if with_ui:
+        from ui.app import build_ui
+        import gradio as gr
+
+        gr.mount_gradio_app(app, build_ui(c), path="/ui")
+
+        @app.get("/", include_in_schema=False)
+        def root():
+            return RedirectResponse("/ui")
+
+    return app
+
+
+class _Unauthorized(LocalCatError):
+    status = 401
+
+    def __init__(self):
+        super().__init__("Missing or wrong API key",
+                         "send `Authorization: Bearer <key>` with a key from LOCALCAT_SERVER__API_KEYS")
+
+
+def _error(status: int, message: str, kind: str) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+
+
+def _sse(c: Container, events, cid: str, model: str, created: int) -> Iterator[str]:
+    """OpenAI chat.completion.chunk events; errors after the first byte become an error event."""
+    from assistant.pipeline import Done, Sources, Token
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
+                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra}
+        return f"data: {json.dumps(body, default=str)}\n\n"
+
+    try:
+        for event in events:
+            if isinstance(event, Sources):
+                yield chunk({"role": "assistant", "content": ""},
+                            citations=[x.model_dump() for x in event.citations])
+            elif isinstance(event, Token):
+                yield chunk({"content": event.text})
+            elif isinstance(event, Done):
+                c.feedback.record_answer(event.answer)
+                yield chunk({}, "stop", citations=[x.model_dump() for x in event.answer.citations],
+                            localcat=_localcat_ext(event.answer))
+    except LocalCatError as exc:
+        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__, 'code': exc.status}})}\n\n"
+    except Exception:
+        log.exception("stream failed")
+        yield f"data: {json.dumps({'error': {'message': 'Internal error; see the server log', 'type': 'InternalError', 'code': 500}})}\n\n"
+    finally:
+        events.close()
+    yield "data: [DONE]\n\n"
+
+
+async def _in_thread(gen: Iterator[str]) -> AsyncIterator[str]:
+    """Drive a blocking generator from its own thread instead of the shared thread pool.
+
+    Starlette would call ``next()`` on a pool thread per item; the embedded model holds its lock
+    between tokens, so with more streams than pool threads every thread could end up waiting for a
+    lock whose holder needs a pool thread to continue. A thread per stream cannot deadlock.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+    done = object()
+
+    def put(item) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: the server is shutting down
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+    def produce() -> None:
+        try:
+            for item in gen:
+                if stop.is_set():  # the client went away: stop generating, free the model
+                    break
+                put(item)
+        finally:
+            gen.close()
+            put(done)
+
+    threading.Thread(target=produce, name="localcat-stream", daemon=True).start()
+    try:
+        while (item := await queue.get()) is not done:
+            yield item
+    finally:
+        stop.set()
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def _save_upload(upload: UploadFile, folder: Path, limit: int) -> Path:
+    """Write an upload under ``folder`` with a sanitised name, refusing oversized bodies."""
+    raw = Path(upload.filename or "upload").name  # drops any directory part, '../' included
+    name = _SAFE.sub("_", raw).strip("._") or "upload"
+    target = (folder / name[:200]).resolve()
+    if not target.is_relative_to(folder.resolve()):
+        raise BadRequest(f"Unsafe file name {raw!r}", "rename the file")
+    tmp = target.with_name(target.name + ".part")
+    size = 0
+    with tmp.open("wb") as out:
+        while block := upload.file.read(1 << 20):
+            size += len(block)
+            if size > limit:
+                out.close()
+                tmp.unlink(missing_ok=True)
+                raise _TooLarge(raw, limit)
+            out.write(block)
+    tmp.replace(target)
+    return target
+
+
+class _TooLarge(LocalCatError):
+    status = 413
+
+    def __init__(self, name: str, limit: int):
+        super().__init__(f"{name} is larger than the {limit // (1024 * 1024)} MB upload limit",
+                         "split it, or raise LOCALCAT_SERVER__MAX_UPLOAD_MB")
+
+
+def app_factory() -> FastAPI:
+    """For `uvicorn --factory assistant.server:app_factory` and multi-worker serving."""
+    return create_app()
