@@ -25,8 +25,8 @@ class HybridRetriever(BaseRetriever):
     """Returns up to ``settings.k`` relevant chunks, best first.
 
     Each Document's metadata: chunk_id, source, page/heading/anchor, score (fused), similarity
-    (cosine, when a dense hit), bm25 (when a BM25 hit). Chunks below the relevance bar are dropped,
-    so an empty list means "nothing in the documents answers this".
+    (cosine, when a dense hit), bm25 (when a BM25 hit). When no candidate reaches the relevance
+    bar the list is empty, meaning "nothing in the documents answers this".
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -64,10 +64,13 @@ class HybridRetriever(BaseRetriever):
         bm25 = dict(lexical)
         fused = rrf([([i for i, _ in dense], s.dense_weight), ([i for i, _ in lexical], s.bm25_weight)],
                     s.rrf_k)
-        relevant = [
-            i for i in sorted(fused, key=fused.__getitem__, reverse=True)
-            if similarity.get(i, -1.0) >= s.min_similarity or bm25.get(i, 0.0) >= s.min_bm25
-        ]
+        # The bar decides whether the documents speak to the question at all; once they do, the
+        # fused order decides what the model sees (a chunk weak in one ranking may top the other).
+        best_dense = max(similarity.values(), default=-1.0)
+        best_bm25 = max(bm25.values(), default=0.0)
+        if best_dense < s.min_similarity and best_bm25 < s.min_bm25:
+            return []
+        relevant = sorted(fused, key=fused.__getitem__, reverse=True)
         chunks = self.store.chunks(self.collection, relevant[: (k or s.k) * 2])
         docs = []
         for chunk_id in relevant:

@@ -65,7 +65,7 @@ class IngestSettings(BaseModel):
 
 
 class RetrievalSettings(BaseModel):
-    k: int = Field(4, ge=1, description="Chunks given to the model.")
+    k: int = Field(3, ge=1, description="Chunks given to the model.")
     candidates: int = Field(20, ge=1, description="Candidates taken from each of dense and BM25.")
     rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant.")
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")

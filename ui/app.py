@@ -1,0 +1,370 @@
+"""The Gradio page: chat with streamed answers and their sources, feedback, pickers and upload.
+
+It only renders what ``assistant/`` gives it: answers come from ``container.pipeline(...).stream``,
+feedback goes to ``container.feedback``, uploads to ``container.indexer``. The server mounts it with
+``gr.mount_gradio_app(app, build_ui(container), path="/ui")``.
+
+No ``from __future__ import annotations`` here: Gradio reads handler annotations such as
+``gr.LikeData`` at runtime, and ``gr`` is only a local of ``build_ui`` (imported lazily).
+"""
+
+import html
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from assistant.errors import LocalCatError, MissingDependency
+from assistant.schemas import Citation, IngestReport, Message
+from assistant.settings import LLMSettings
+
+if TYPE_CHECKING:
+    import gradio
+
+FILES_ROUTE = "/files"
+NO_SOURCES = "<p class='lc-empty'>No sources for this question.</p>"
+SEARCHING = "<p class='lc-empty'>Searching the documents…</p>"
+RATING_ICON = {"up": "👍", "down": "👎"}
+THUMB = {"up": "Like", "down": "Dislike"}  # gr.Chatbot's feedback labels
+
+
+@dataclass
+class Session:
+    """Per-browser-tab state, kept in ``gr.State`` (Gradio deep-copies it for each session)."""
+
+    history: list[Message] = field(default_factory=list)
+    answer_ids: dict[int, str] = field(default_factory=dict)  # chat message index -> answer id
+    last_answer_id: str | None = None
+    ratings: dict[str, str] = field(default_factory=dict)  # answer id -> this tab's last rating
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+def source_url(collection: str, chunk_id: str) -> str:
+    return f"{FILES_ROUTE}/{quote(collection, safe='')}/{quote(chunk_id, safe='')}"
+
+
+def _place(c: Citation) -> str:
+    """Page / heading / anchor, without the file (shown separately)."""
+    parts = []
+    if c.page is not None:
+        parts.append(f"p. {c.page}")
+    if c.heading:
+        parts.append(f"§ {c.heading}")
+    if c.anchor:
+        parts.append(f"#{c.anchor}")
+    return ", ".join(parts)
+
+
+def sources_footer(citations: list[Citation], collection: str) -> str:
+    """Compact markdown list appended under an answer in the chat."""
+    if not citations:
+        return ""
+    lines = ["", "", "**Sources**"]
+    for c in citations:
+        name = Path(c.source).name.replace("[", "(").replace("]", ")")
+        place = _place(c)
+        mark = " · ✓ cited" if c.cited else ""
+        lines.append(f"{c.n}. [{name}]({source_url(collection, c.chunk_id)})"
+                     f"{' — ' + place if place else ''} · score {c.score:.4f}{mark}")
+    return "\n".join(lines)
+
+
+def sources_html(citations: list[Citation], collection: str) -> str:
+    """The side panel: one card per source with its snippet."""
+    if not citations:
+        return NO_SOURCES
+    cards = []
+    for c in citations:
+        esc = html.escape
+        name = Path(c.source).name
+        place = _place(c)
+        sim = "" if c.similarity is None else f" · similarity {c.similarity:.2f}"
+        cards.append(
+            f"<div class='lc-source' data-n='{c.n}'>"
+            f"<div class='lc-head'><b>[{c.n}]</b> "
+            f"<a href='{esc(source_url(collection, c.chunk_id))}' target='_blank' "
+            f"title='{esc(c.source)}'>{esc(name)}</a>"
+            f"{' — ' + esc(place) if place else ''}{' ✓ cited' if c.cited else ''}</div>"
+            f"<div class='lc-score'>score {c.score:.4f}{sim}</div>"
+            f"<div class='lc-snippet'>{esc(c.snippet)}</div></div>"
+        )
+    return "".join(cards)
+
+
+SOURCES_CSS = """
+.lc-source { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px 8px;
+             margin-bottom: 6px; font-size: 0.9em; }
+.lc-score { color: var(--body-text-color-subdued); font-size: 0.85em; }
+.lc-snippet { margin-top: 4px; white-space: pre-wrap; }
+.lc-empty { color: var(--body-text-color-subdued); }
+"""
+
+
+def report_markdown(report: IngestReport) -> str:
+    s = report.summary()
+    head = (f"**{report.collection}**: {s['added']} added · {s['updated']} updated · "
+            f"{s['skipped']} unchanged · {s['failed']} failed · {report.chunks_written} chunks "
+            f"written in {report.seconds:.1f} s")
+    rows = ["| File | Status | Chunks | Reason |", "|---|---|---|---|"]
+    for f in report.files:
+        reason = (f.reason or "").replace("|", "\\|").replace("\n", " ")
+        rows.append(f"| {Path(f.path).name} | {f.status} | {f.chunks} | {reason} |")
+    return head + "\n\n" + "\n".join(rows)
+
+
+def _configured_model(models: list[str], llm: LLMSettings) -> str | None:
+    """Which listed model the settings mean: Ollama's name (':latest' implied), else the only one."""
+    for name in (llm.ollama_model, f"{llm.ollama_model}:latest"):
+        if name in models:
+            return name
+    return models[0] if len(models) == 1 else None
+
+
+# --- the page -------------------------------------------------------------------------------------
+
+def _as_localcat_error(exc: Exception, llm: LLMSettings | None = None) -> LocalCatError | None:
+    """The LocalCatError ``exc`` is or stands for (the runtime's own mid-answer errors are
+    translated as the CLI and API translate them); None for anything else, which propagates."""
+    if isinstance(exc, LocalCatError):
+        return exc
+    if llm is None:
+        return None
+    from assistant.llm import translate_runtime_error
+
+    return translate_runtime_error(exc, llm)
+
+
+def _warn(err: LocalCatError) -> str:
+    """Show problem + fix as a toast; returns the inline text for the part of the page that failed.
+
+    A toast rather than raising gr.Error: Gradio covers every output of a failed event with an
+    "Error" overlay, which would hide the chat itself.
+    """
+    import gradio as gr
+
+    gr.Warning(str(err), title=type(err).__name__)
+    return f"⚠️ {err}"
+
+
+def build_ui(container: Any) -> "gradio.Blocks":
+    """The LocalCat page for ``container`` (an ``assistant.container.Container``)."""
+    try:
+        import gradio as gr
+    except ImportError as err:
+        raise MissingDependency("gradio", "./scripts/setup") from err
+
+    settings = container.settings
+    default_collection = settings.chroma.collection
+
+    def collection_choices() -> list[tuple[str, str]]:
+        return [(f"{c['name']} ({c['files']} files, {c['chunks']} chunks)", c["name"])
+                for c in container.store.collections()]
+
+    def model_choices() -> list[str]:
+        from assistant.llm import list_models
+
+        return list_models(settings.llm)
+
+    # The model the settings name, as the list spells it. Asking with it passes no override, so the
+    # page shares the container's default model (one llama.cpp load) with the HTTP API.
+    configured: dict[str, str | None] = {"model": None}
+
+    def refresh(collection: str | None, model: str | None):
+        colls = collection_choices()
+        names = [v for _, v in colls]
+        if collection not in names:
+            collection = default_collection if default_collection in names or not names else names[0]
+        try:
+            models = model_choices()
+        except LocalCatError as err:
+            # The page stays usable with the configured model; say why the list is empty.
+            _warn(err)
+            models = []
+        configured["model"] = _configured_model(models, settings.llm)
+        if model not in models:
+            model = configured["model"]
+        return (gr.Dropdown(choices=colls, value=collection),
+                gr.Dropdown(choices=models, value=model))
+
+    def ask(question: str, chat: list[dict], session: Session, collection: str | None,
+            model: str | None):
+        from assistant.pipeline import Done, Sources, Token
+
+        question = (question or "").strip()
+        if not question:
+            gr.Warning("Type a question first.")
+            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return
+        collection = collection or default_collection
+        chat = [*chat, {"role": "user", "content": question},
+                {"role": "assistant", "content": "…"}]
+        yield chat, "", SEARCHING, session, gr.skip()
+        text = ""
+        try:
+            override = model if model and model != configured["model"] else None
+            pipeline = container.pipeline(collection, override)
+            for event in pipeline.stream(question, session.history):
+                if isinstance(event, Sources):
+                    yield (gr.skip(), gr.skip(), sources_html(event.citations, collection),
+                           gr.skip(), gr.skip())
+                elif isinstance(event, Token):
+                    text += event.text
+                    chat[-1] = {"role": "assistant", "content": text}
+                    yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                elif isinstance(event, Done):
+                    answer = event.answer
+                    container.feedback.record_answer(answer)
+        except Exception as exc:
+            err = _as_localcat_error(exc, settings.llm)
+            if err is None:
+                raise
+            # The problem takes the place of the answer; the question goes back into the box.
+            chat[-1] = {"role": "assistant", "content": _warn(err)}
+            yield chat, question, NO_SOURCES, session, gr.skip()
+            return
+        chat[-1] = {"role": "assistant",
+                    "content": answer.answer + sources_footer(answer.citations, collection)}
+        session.answer_ids[len(chat) - 1] = answer.id
+        session.last_answer_id = answer.id
+        session.history += [Message(role="user", content=question),
+                            Message(role="assistant", content=answer.answer)]
+        yield (chat, gr.skip(), sources_html(answer.citations, collection), session,
+               f"Answer `{answer.id}` · {answer.model} · rate it or send a correction below.")
+
+    def save(session: Session, answer_id: str | None, rating: str | None,
+             correction: str | None = None) -> tuple[bool, str]:
+        """(saved, status line)."""
+        if not answer_id:
+            gr.Warning("There is no answer to rate yet — ask a question first.")
+            return False, "⚠️ There is no answer to rate yet."
+        # The latest row is an answer's verdict, so a correction repeats this tab's rating.
+        rating = rating or session.ratings.get(answer_id)
+        try:
+            container.feedback.add_feedback(answer_id, rating, correction=correction)
+        except LocalCatError as err:
+            return False, _warn(err)
+        if rating:
+            session.ratings[answer_id] = rating
+        what = "correction" if correction else "rating"
+        return True, f"Saved {what} {RATING_ICON.get(rating, '')} for answer `{answer_id}`."
+
+    def thumbs(chat: list[dict], session: Session):
+        """The chat's own thumbs, set to this tab's ratings (one entry per assistant message)."""
+        value = [THUMB.get(session.ratings.get(session.answer_ids.get(i, ""), ""))
+                 for i, m in enumerate(chat) if m["role"] == "assistant"]
+        return gr.Chatbot(feedback_value=value)
+
+    def rate_last(rating: str):
+        def handler(chat: list[dict], session: Session):
+            _, status = save(session, session.last_answer_id, rating)
+            return status, session, thumbs(chat, session)
+        return handler
+
+    def rate_message(chat: list[dict], session: Session, data: gr.LikeData):
+        answer_id = session.answer_ids.get(data.index if isinstance(data.index, int) else data.index[0])
+        if data.liked not in (True, False):
+            # Un-selecting a thumb: feedback rows are append-only, so the last verdict stands.
+            return gr.skip(), session, thumbs(chat, session)
+        _, status = save(session, answer_id, "up" if data.liked else "down")
+        return status, session, thumbs(chat, session)
+
+    def send_correction(text: str, session: Session):
+        if not (text or "").strip():
+            gr.Warning("Write the correct answer first.")
+            return gr.skip(), gr.skip(), session
+        saved, status = save(session, session.last_answer_id, None, correction=text.strip())
+        return status, "" if saved else gr.skip(), session
+
+    # Gradio injects a tracker into a parameter whose default is gr.Progress().
+    def ingest(files: list[str] | None, collection: str | None,
+               progress=gr.Progress()):  # noqa: B008
+        from assistant.vectorstore import check_collection_name
+        from ingest.index import Progress
+
+        if not files:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            name = check_collection_name((collection or default_collection).strip())
+            # A stable copy (same folder as the HTTP API's uploads): Gradio's cache is temporary,
+            # and re-uploading a changed file then updates it instead of adding a second source.
+            folder = settings.data_dir / "uploads" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            paths = []
+            for f in files:
+                target = folder / Path(f).name
+                shutil.copyfile(f, target)
+                paths.append(target)
+            total, done = len(paths), 0
+            progress((0, total), desc="Loading the embedding model", unit="files")
+
+            def on_file_done(result) -> None:
+                nonlocal done
+                done += 1
+                progress((done, total), desc=f"{Path(result.path).name}: {result.status}",
+                         unit="files")
+
+            report = container.indexer.ingest(paths, name, prune=False,
+                                              progress=Progress(on_file_done=on_file_done))
+        except LocalCatError as err:
+            return _warn(err), gr.skip(), None
+        failed = [f for f in report.files if f.status == "failed"]
+        if failed:
+            gr.Warning("; ".join(f"{Path(f.path).name}: {f.reason}" for f in failed),
+                       title=f"{len(failed)} file(s) not ingested")
+        return (report_markdown(report), gr.Dropdown(choices=collection_choices(), value=name),
+                None)
+
+    with gr.Blocks(title="LocalCat", fill_height=True) as page:
+        session = gr.State(Session())
+        gr.Markdown("## 🐱 LocalCat — ask your documents")
+        with gr.Row():
+            collection = gr.Dropdown(label="Collection", value=default_collection,
+                                     allow_custom_value=True, elem_id="collection", scale=3,
+                                     info="Type a new name to upload into a new collection.")
+            model = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
+            refresh_btn = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                chat = gr.Chatbot(label="Chat", elem_id="chat", height=460,
+                                  feedback_options=("Like", "Dislike"))
+                with gr.Row():
+                    question = gr.Textbox(placeholder="Ask a question about your documents…",
+                                          show_label=False, elem_id="question", scale=5,
+                                          submit_btn=False, lines=1, max_lines=4)
+                    ask_btn = gr.Button("Ask", variant="primary", elem_id="ask", scale=1)
+                status = gr.Markdown("", elem_id="feedback-status")
+                with gr.Row():
+                    up_btn = gr.Button("👍 Good answer", elem_id="thumbs-up", size="sm")
+                    down_btn = gr.Button("👎 Bad answer", elem_id="thumbs-down", size="sm")
+                correction = gr.Textbox(label="Correct answer (for the last answer)", lines=2,
+                                        elem_id="correction")
+                correct_btn = gr.Button("Send correction", elem_id="send-correction", size="sm")
+            with gr.Column(scale=2):
+                gr.Markdown("### Sources")
+                sources = gr.HTML("<p class='lc-empty'>Sources of the latest answer appear here.</p>",
+                                  elem_id="sources", css_template=SOURCES_CSS)
+                upload = gr.File(label="Add documents to the collection", file_count="multiple",
+                                 elem_id="upload")
+                report = gr.Markdown("", elem_id="ingest-report")
+
+        pickers = [collection, model]
+        page.load(refresh, pickers, pickers)
+        refresh_btn.click(refresh, pickers, pickers)
+
+        # One event for Enter and the button, one answer at a time: llama.cpp serves one
+        # generation at a time anyway, and a queue shows the user their place instead of hanging.
+        gr.on([question.submit, ask_btn.click], ask,
+              inputs=[question, chat, session, collection, model],
+              outputs=[chat, question, sources, session, status], concurrency_limit=1)
+        # The chat's own "Clear" must also forget the history the next question is condensed with.
+        chat.clear(Session, None, session)
+
+        rated = [status, session, chat]
+        up_btn.click(rate_last("up"), [chat, session], rated)
+        down_btn.click(rate_last("down"), [chat, session], rated)
+        chat.like(rate_message, [chat, session], rated)
+        correct_btn.click(send_correction, [correction, session], [status, correction, session])
+        upload.upload(ingest, [upload, collection], [report, collection, upload])
+    return page
