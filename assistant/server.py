@@ -8,6 +8,7 @@ and the final one, and a top-level ``localcat`` object with the answer id for fe
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -19,9 +20,8 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from assistant.container import Container
@@ -98,14 +98,18 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     app = FastAPI(title="LocalCat", version="0.1.0",
                   description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
     app.state.container = c
-    bearer = HTTPBearer(auto_error=False)
-
-    def auth(request: Request, cred: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not keys:
-            return
-        given = cred.credentials if cred else request.headers.get("x-api-key", "")
-        if not any(secrets.compare_digest(given, k) for k in keys):
-            raise _Unauthorized()
+    if keys:
+        @app.middleware("http")
+        async def require_key(request: Request, call_next):
+            # One gate for the API, the page and its source links: Bearer or X-API-Key for
+            # programs, HTTP Basic (any user, the key as password) so a browser can log in.
+            given = _request_key(request) or ""
+            if request.url.path == "/health" or any(secrets.compare_digest(given, k) for k in keys):
+                return await call_next(request)
+            browser = not request.url.path.startswith(("/v1/", "/api/"))
+            resp = _error(401, str(_Unauthorized()), "Unauthorized")
+            resp.headers["WWW-Authenticate"] = 'Basic realm="LocalCat"' if browser else "Bearer"
+            return resp
 
     @app.exception_handler(LocalCatError)
     async def _localcat_error(request: Request, exc: LocalCatError):
@@ -118,7 +122,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     # --- OpenAI-compatible --------------------------------------------------------------------
 
-    @app.get("/v1/models", dependencies=[Depends(auth)])
+    @app.get("/v1/models")
     def list_models():
         from assistant.llm import list_models as runtime_models
 
@@ -127,7 +131,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
                 "data": [{"id": n, "object": "model", "created": 0, "owned_by": "localcat"}
                          for n in dict.fromkeys(names)]}
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
+    @app.post("/v1/chat/completions")
     def chat_completions(req: ChatCompletionRequest):
         question, history = _split_messages(req.messages)
         model = None if req.model in ("", DEFAULT_MODEL) else req.model
@@ -154,7 +158,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     # --- LocalCat API -------------------------------------------------------------------------
 
-    @app.post("/api/ingest", dependencies=[Depends(auth)])
+    @app.post("/api/ingest")
     def ingest_files(files: list[UploadFile] = File(...), collection: str | None = Form(None)):
         from assistant.vectorstore import check_collection_name
 
@@ -166,16 +170,16 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         report = c.indexer.ingest(saved, name, prune=False)
         return {**report.model_dump(mode="json"), "summary": report.summary()}
 
-    @app.get("/api/collections", dependencies=[Depends(auth)])
+    @app.get("/api/collections")
     def collections():
         return {"collections": c.store.collections()}
 
-    @app.delete("/api/collections/{name}", dependencies=[Depends(auth)])
+    @app.delete("/api/collections/{name}")
     def delete_collection(name: str):
         c.indexer.drop_collection(name)
         return {"deleted": name}
 
-    @app.get("/files/{collection}/{chunk_id}", dependencies=[Depends(auth)])
+    @app.get("/files/{collection}/{chunk_id}")
     def source_file(collection: str, chunk_id: str):
         """The file a cited chunk came from, when it still exists and is an ingested file."""
         chunk = c.store.chunks(collection, [chunk_id]).get(chunk_id)
@@ -186,13 +190,13 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
             return _error(404, f"{path.name} is no longer on disk", "NotFound")
         return FileResponse(path, filename=path.name, content_disposition_type="inline")
 
-    @app.post("/api/feedback", dependencies=[Depends(auth)])
+    @app.post("/api/feedback")
     def feedback(req: FeedbackRequest):
         row = c.feedback.add_feedback(req.answer_id, req.rating, correction=req.correction,
                                       comment=req.comment, user=req.user)
         return row.model_dump(mode="json")
 
-    @app.get("/api/feedback/export", dependencies=[Depends(auth)])
+    @app.get("/api/feedback/export")
     def export_feedback(format: Literal["jsonl"] = "jsonl"):
         def lines() -> Iterator[str]:
             for row in c.feedback.iter_feedback():
@@ -230,6 +234,17 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
             return RedirectResponse("/ui")
 
     return app
+
+
+def _request_key(request: Request) -> str | None:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            return base64.b64decode(value.strip()).decode().partition(":")[2]
+    return request.headers.get("x-api-key")
 
 
 class _Unauthorized(LocalCatError):

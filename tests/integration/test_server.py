@@ -153,6 +153,11 @@ def test_api_keys_are_enforced(tiny_runtime, docs_dir, monkeypatch):
             client(url, "wrong").models.list()
         assert [m.id for m in client(url, "s3cret-key").models.list()][0] == "localcat"
         assert httpx.get(url + "/api/collections", headers={"X-API-Key": "s3cret-key"}).status_code == 200
+        # The page and source links: a browser is asked for the key by HTTP Basic.
+        page = httpx.get(url + "/files/kbase/x")
+        assert page.status_code == 401 and page.headers["www-authenticate"].startswith("Basic")
+        assert httpx.get(url + "/files/kbase/x", auth=("any", "s3cret-key")).status_code == 404
+        assert httpx.get(url + "/openapi.json").status_code == 401
 
 
 def test_refuses_to_serve_off_loopback_without_keys(monkeypatch):
