@@ -9,13 +9,14 @@ clean ingest gives. Retrieval reads text from SQLite, so stray vectors are never
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.errors import BadFile, LocalCatError
+from assistant.errors import BadFile
 from assistant.schemas import Chunk, FileResult, IngestReport
 from assistant.settings import Settings
 from assistant.vectorstore import BM25Index, ChunkStore, check_collection_name
@@ -45,7 +46,6 @@ class Progress:
 
     on_files: Callable[[int], None] = lambda total: None
     on_file_done: Callable[[FileResult], None] = lambda result: None
-    extra: dict = field(default_factory=dict)
 
 
 class Indexer:
@@ -212,13 +212,11 @@ class Indexer:
 
     def drop_collection(self, collection: str) -> None:
         self.store.require_collection(collection)
-        try:
+        from chromadb.errors import NotFoundError
+
+        # Already gone from Chroma (deleted by hand, or a crash mid-drop): still clear our side.
+        with contextlib.suppress(NotFoundError):
             self.chroma.delete_collection(collection)
-        except (ValueError, LocalCatError):
-            pass  # already gone from Chroma: the manifest is what we still have to clear
-        except Exception as exc:
-            if "does not exist" not in str(exc):
-                raise
         self.store.drop_collection(collection)
         self.bm25.drop(collection)
 
