@@ -37,8 +37,9 @@ class Citation(BaseModel):
     cited: bool = Field(False, description="The answer text refers to this source as [n].")
 
     @property
-    def location(self) -> str:
-        parts = [self.source]
+    def place(self) -> str:
+        """Where in the file: page, heading path, anchor (empty when the format has none)."""
+        parts = []
         if self.page is not None:
             parts.append(f"p. {self.page}")
         if self.heading:
@@ -46,6 +47,10 @@ class Citation(BaseModel):
         if self.anchor:
             parts.append(f"#{self.anchor}")
         return ", ".join(parts)
+
+    @property
+    def location(self) -> str:
+        return ", ".join(p for p in (self.source, self.place) if p)
 
 
 class Message(BaseModel):

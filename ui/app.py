@@ -45,18 +45,6 @@ def source_url(collection: str, chunk_id: str) -> str:
     return f"{FILES_ROUTE}/{quote(collection, safe='')}/{quote(chunk_id, safe='')}"
 
 
-def _place(c: Citation) -> str:
-    """Page / heading / anchor, without the file (shown separately)."""
-    parts = []
-    if c.page is not None:
-        parts.append(f"p. {c.page}")
-    if c.heading:
-        parts.append(f"§ {c.heading}")
-    if c.anchor:
-        parts.append(f"#{c.anchor}")
-    return ", ".join(parts)
-
-
 def sources_footer(citations: list[Citation], collection: str) -> str:
     """Compact markdown list appended under an answer in the chat."""
     if not citations:
@@ -64,7 +52,7 @@ def sources_footer(citations: list[Citation], collection: str) -> str:
     lines = ["", "", "**Sources**"]
     for c in citations:
         name = Path(c.source).name.replace("[", "(").replace("]", ")")
-        place = _place(c)
+        place = c.place
         mark = " · ✓ cited" if c.cited else ""
         lines.append(f"{c.n}. [{name}]({source_url(collection, c.chunk_id)})"
                      f"{' — ' + place if place else ''} · score {c.score:.4f}{mark}")
@@ -79,7 +67,7 @@ def sources_html(citations: list[Citation], collection: str) -> str:
     for c in citations:
         esc = html.escape
         name = Path(c.source).name
-        place = _place(c)
+        place = c.place
         sim = "" if c.similarity is None else f" · similarity {c.similarity:.2f}"
         cards.append(
             f"<div class='lc-source' data-n='{c.n}'>"
