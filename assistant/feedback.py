@@ -7,24 +7,19 @@ writers queue on the busy timeout. The schema grows only by appending to ``MIGRA
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from assistant.errors import BadRequest, StoreUnavailable
+from assistant.errors import BadRequest
 from assistant.schemas import Answer
+from assistant.sqlite import Database, Migration, migrate, migrations  # noqa: F401 - re-exported
 
 MAX_TEXT_CHARS = 20_000
 MAX_USER_CHARS = 200
-BUSY_TIMEOUT_S = 30.0
 _PAGE = 500
 
 Rating = Literal["up", "down"]
@@ -44,15 +39,7 @@ class Feedback(BaseModel):
 
 # --- migrations -----------------------------------------------------------------------------------
 
-Migration = Callable[[sqlite3.Connection], None]
-MIGRATIONS: list[Migration] = []
-"""Applied in order; the number done is kept in ``PRAGMA user_version``. Append, never edit."""
-
-
-def _migration(fn: Migration) -> Migration:
-    MIGRATIONS.append(fn)
-    return fn
-
+MIGRATIONS, _migration = migrations()
 
 @_migration
 def m001_answers_and_feedback(db: sqlite3.Connection) -> None:
@@ -90,65 +77,6 @@ def m001_answers_and_feedback(db: sqlite3.Connection) -> None:
         """
     )
     db.execute("CREATE INDEX feedback_answer_id ON feedback(answer_id)")
-
-
-def _user_version(db: sqlite3.Connection) -> int:
-    return db.execute("PRAGMA user_version").fetchone()[0]
-
-
-@contextmanager
-def _transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    # IMMEDIATE takes the write lock up front. A deferred transaction that reads and then writes
-    # has to upgrade its lock, and SQLite answers SQLITE_BUSY at once there instead of waiting,
-    # because waiting could deadlock against another upgrading reader.
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        yield db
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
-
-
-def migrate(db: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
-    """Apply the migrations past ``PRAGMA user_version`` in one transaction; return how many ran.
-
-    The version is read again under the write lock, so when several processes open a fresh file at
-    once one of them migrates and the others wait for it, then find nothing left to do.
-    """
-    if _user_version(db) == len(migrations):
-        return 0
-    with _transaction(db):
-        done = _user_version(db)
-        if done > len(migrations):
-            path = db.execute("PRAGMA database_list").fetchone()[2]
-            raise StoreUnavailable(
-                f"{path} has schema version {done}; this LocalCat knows only up to "
-                f"{len(migrations)}",
-                "upgrade LocalCat, or point LOCALCAT_DATA_DIR at another folder",
-            )
-        for fn in migrations[done:]:
-            fn(db)
-        db.execute(f"PRAGMA user_version = {len(migrations)}")
-    return len(migrations) - done
-
-
-def _enable_wal(db: sqlite3.Connection) -> None:
-    # Switching a file to WAL needs an exclusive lock, and SQLite does not wait for it: while
-    # another connection holds a write lock (say a second process switching the same fresh file)
-    # it answers "database is locked" at once, whatever busy_timeout says. Wait here instead.
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
-    delay = 0.001
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as e:
-            if e.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
-                raise
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -205,70 +133,11 @@ def _text(name: str, value: str | None, limit: int) -> str | None:
     return value
 
 
-class FeedbackStore:
+class FeedbackStore(Database):
     """Answers and their feedback in one SQLite file; safe across threads and processes."""
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        # One connection per thread: sqlite3 connections must not be used by two threads at once.
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._connections: list[tuple[int, sqlite3.Connection]] = []
-
-    def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # timeout= is SQLite's busy timeout: a writer waits for another process's write
-            # transaction instead of failing with "database is locked".
-            db = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
-            )
-            try:
-                db.row_factory = sqlite3.Row
-                _enable_wal(db)
-                # Durable against crashes in WAL mode; a power cut may lose only the last commits.
-                db.execute("PRAGMA synchronous=NORMAL")
-                db.execute("PRAGMA foreign_keys=ON")
-                migrate(db)
-            except BaseException:
-                db.close()
-                raise
-        except (OSError, sqlite3.DatabaseError) as e:
-            raise StoreUnavailable(
-                f"Cannot open the feedback database {self.path}: {e}",
-                "check that the folder is writable and the file is a LocalCat feedback database, "
-                "or set LOCALCAT_DATA_DIR",
-            ) from e
-        return db
-
-    @property
-    def _db(self) -> sqlite3.Connection:
-        pid = os.getpid()
-        db = getattr(self._local, "db", None)
-        # A connection inherited through fork() is left alone, not closed: closing it in the child
-        # could checkpoint and delete the WAL the parent is still using.
-        if db is None or self._local.pid != pid:
-            db = self._connect()
-            self._local.db, self._local.pid = db, pid
-            with self._lock:
-                self._connections.append((pid, db))
-        return db
-
-    def close(self) -> None:
-        """Close this process's connections (at shutdown); the store reopens lazily if used again."""
-        pid = os.getpid()
-        with self._lock:
-            mine = [db for p, db in self._connections if p == pid]
-            self._connections = [(p, db) for p, db in self._connections if p != pid]
-        for db in mine:
-            db.close()
-        self._local = threading.local()
-
-    def __enter__(self) -> FeedbackStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    MIGRATIONS = MIGRATIONS
+    KIND = "feedback database"
 
     # --- writes: each is one IMMEDIATE transaction ------------------------------------------------
 
@@ -279,7 +148,7 @@ class FeedbackStore:
             f"INSERT INTO answers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
             "ON CONFLICT(id) DO NOTHING"
         )
-        with _transaction(self._db) as db:
+        with self.transaction() as db:
             db.execute(sql, _answer_row(answer))
 
     def add_feedback(
@@ -305,7 +174,7 @@ class FeedbackStore:
                 "send rating 'up' or 'down', or the corrected answer as `correction`",
             )
         created_at = datetime.now(UTC)
-        with _transaction(self._db) as db:
+        with self.transaction() as db:
             if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
                 raise BadRequest(
                     f"no answer with id {answer_id!r}",
@@ -330,12 +199,12 @@ class FeedbackStore:
     # --- reads ------------------------------------------------------------------------------------
 
     def get_answer(self, answer_id: str) -> Answer | None:
-        row = self._db.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone()
+        row = self.db.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone()
         return None if row is None else Answer.model_validate(_answer_dict(row))
 
     def latest_feedback(self, answer_id: str) -> Feedback | None:
         """The verdict on an answer: its most recent feedback."""
-        row = self._db.execute(
+        row = self.db.execute(
             "SELECT * FROM feedback WHERE answer_id = ? ORDER BY id DESC LIMIT 1", (answer_id,)
         ).fetchone()
         return None if row is None else Feedback.model_validate(_feedback_dict(row))
@@ -352,7 +221,7 @@ class FeedbackStore:
             sql += " AND f.id = (SELECT max(g.id) FROM feedback g WHERE g.answer_id = f.answer_id)"
         sql += " ORDER BY f.id LIMIT ?"
         last = 0
-        while rows := self._db.execute(sql, (last, _PAGE)).fetchall():
+        while rows := self.db.execute(sql, (last, _PAGE)).fetchall():
             for row in rows:
                 yield {**_feedback_dict(row), "answer": _answer_dict(row, prefix="a_")}
             last = rows[-1]["id"]
@@ -367,7 +236,7 @@ class FeedbackStore:
 
     def stats(self) -> dict[str, int]:
         """Counts of answers and feedback rows; up/down/corrections count answers by their verdict."""
-        row = self._db.execute(
+        row = self.db.execute(
             """
             WITH verdict AS (
                 SELECT rating, correction FROM feedback f

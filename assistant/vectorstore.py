@@ -14,7 +14,6 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,6 +21,7 @@ from urllib.parse import urlparse
 from assistant.errors import BadRequest, CollectionNotFound, ConfigError, StoreUnavailable
 from assistant.schemas import Chunk
 from assistant.settings import ChromaSettings
+from assistant.sqlite import Database, migrations
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
@@ -64,15 +64,15 @@ def chroma_client(settings: ChromaSettings, persist_dir: Path):
     return client
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS collections (
+_SCHEMA_V1 = """
+CREATE TABLE collections (
     name TEXT PRIMARY KEY,
     embedder TEXT NOT NULL,
     dimension INTEGER NOT NULL,
     bm25_dirty INTEGER NOT NULL DEFAULT 1,
     created_at TEXT NOT NULL DEFAULT (datetime('now'))
 );
-CREATE TABLE IF NOT EXISTS files (
+CREATE TABLE files (
     collection TEXT NOT NULL,
     path TEXT NOT NULL,
     file_hash TEXT NOT NULL,
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS files (
     updated_at TEXT NOT NULL DEFAULT (datetime('now')),
     PRIMARY KEY (collection, path)
 );
-CREATE TABLE IF NOT EXISTS chunks (
+CREATE TABLE chunks (
     id TEXT NOT NULL,
     collection TEXT NOT NULL,
     path TEXT NOT NULL,
@@ -94,7 +94,7 @@ CREATE TABLE IF NOT EXISTS chunks (
     anchor TEXT,
     PRIMARY KEY (collection, id)
 );
-CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (collection, path);
+CREATE INDEX chunks_by_path ON chunks (collection, path);
 """
 
 
@@ -107,40 +107,25 @@ class FileRecord:
     chunks: int
 
 
-class ChunkStore:
+MIGRATIONS, _migration = migrations()
+
+
+@_migration
+def m001_collections_files_chunks(db: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+class ChunkStore(Database):
     """SQLite manifest of ingested files and the text of every chunk."""
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._local = threading.local()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db.executescript(_SCHEMA)  # idempotent DDL; executescript manages its own commit
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            self._local.conn = conn
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = self.db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+    MIGRATIONS = MIGRATIONS
+    KIND = "chunk index"
 
     # collections
     def ensure_collection(self, name: str, embedder: str, dimension: int) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             row = db.execute("SELECT * FROM collections WHERE name=?", (name,)).fetchone()
             if row is None:
                 db.execute(
@@ -174,7 +159,7 @@ class ChunkStore:
             )
 
     def drop_collection(self, name: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             for table in ("chunks", "files"):
                 db.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
             db.execute("DELETE FROM collections WHERE name=?", (name,))
@@ -196,7 +181,7 @@ class ChunkStore:
 
     def mark_pending(self, collection: str, path: str, file_hash: str, config: str) -> None:
         """Record intent before touching Chroma, so a crash leaves a trail the next run repairs."""
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute(
                 """INSERT INTO files (collection, path, file_hash, config, state) VALUES (?,?,?,?,'pending')
                    ON CONFLICT (collection, path) DO UPDATE SET state='pending',
@@ -208,7 +193,7 @@ class ChunkStore:
     def commit_file(self, collection: str, path: str, file_hash: str, config: str,
                     chunks: list[Chunk]) -> None:
         """Swap a file's chunk rows in one transaction and mark it done."""
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM chunks WHERE collection=? AND path=?", (collection, path))
             db.executemany(
                 """INSERT INTO chunks (id, collection, path, position, file_hash, text, page, heading, anchor)
@@ -223,7 +208,7 @@ class ChunkStore:
             )
 
     def remove_file(self, collection: str, path: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("DELETE FROM chunks WHERE collection=? AND path=?", (collection, path))
             db.execute("DELETE FROM files WHERE collection=? AND path=?", (collection, path))
             db.execute("UPDATE collections SET bm25_dirty=1 WHERE name=?", (collection,))
@@ -258,7 +243,7 @@ class ChunkStore:
         return bool(row and row["bm25_dirty"])
 
     def set_bm25_clean(self, collection: str) -> None:
-        with self._tx() as db:
+        with self.transaction() as db:
             db.execute("UPDATE collections SET bm25_dirty=0 WHERE name=?", (collection,))
 
 

@@ -79,7 +79,7 @@ def test_migrations_create_schema_once(db_path: Path) -> None:
     assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"answers", "feedback"} <= tables(db_path)
-    assert migrate(db) == 0  # re-opening is a no-op
+    assert migrate(db, MIGRATIONS) == 0  # re-opening is a no-op
     db.close()
     with FeedbackStore(db_path) as s:
         assert s.stats()["answers"] == 1
