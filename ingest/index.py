@@ -66,7 +66,7 @@ class Indexer:
 
     def _collection(self, name: str):
         check_collection_name(name)
-        self.store.ensure_collection(name, self.embeddings.name, self.embeddings.dimension)
+        self.store.ensure_collection(name, self.embeddings.name, lambda: self.embeddings.dimension)
         return self.chroma.get_or_create_collection(
             name, metadata={"hnsw:space": "cosine"}, embedding_function=None
         )

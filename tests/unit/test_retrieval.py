@@ -41,7 +41,7 @@ def test_chunk_store_marks_pending_then_done(tmp_path):
     from assistant.schemas import Chunk
 
     store = ChunkStore(tmp_path / "index.sqlite")
-    store.ensure_collection("kb", "emb", 3)
+    store.ensure_collection("kb", "emb", lambda: 3)
     store.mark_pending("kb", "/a.txt", "h1", "cfg")
     assert store.file("kb", "/a.txt").state == "pending" and store.bm25_dirty("kb")
     chunk = Chunk(id="x", text="hello", source="/a.txt", file_hash="h1", position=0, page=2)
@@ -58,6 +58,6 @@ def test_collection_embedder_mismatch_is_refused(tmp_path):
     from assistant.errors import ConfigError
 
     store = ChunkStore(tmp_path / "index.sqlite")
-    store.ensure_collection("kb", "minilm", 384)
+    store.ensure_collection("kb", "minilm", lambda: 384)
     with pytest.raises(ConfigError, match="new --collection"):
-        store.ensure_collection("kb", "other", 768)
+        store.ensure_collection("kb", "other", lambda: 768)
