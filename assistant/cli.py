@@ -7,18 +7,8 @@ import sys
 
 import click
 
+from assistant.clikit import ErrorGroup
 from assistant.errors import ConfigError, LocalCatError
-
-
-class _Group(click.Group):
-    """Turns LocalCat errors into one clear line and exit code 1 instead of a traceback."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except LocalCatError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
-            ctx.exit(1)
 
 
 def container():
@@ -27,7 +17,7 @@ def container():
     return Container()
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localcat")
 def main() -> None:
     """LocalCat: a self-hosted assistant over your own documents.
@@ -185,9 +175,11 @@ def config(as_json: bool) -> None:
 
 
 def _register() -> None:
+    from assistant.evaluation import eval_command
+    from finetune.cli import finetune, models
     from ingest.cli import collections, ingest, remove
 
-    for cmd in (ingest, remove, collections):
+    for cmd in (ingest, remove, collections, eval_command, finetune, models):
         main.add_command(cmd)
 
 

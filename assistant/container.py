@@ -64,6 +64,17 @@ class Container:
             collection=name, settings=self.settings.retrieval,
         )
 
+    @cached_property
+    def served_llm(self):
+        """LLM settings with the active fine-tuned version (base + adapter) applied, if any."""
+        from finetune.registry import served_llm_settings
+
+        return served_llm_settings(self.settings)
+
+    def llm_settings(self, model: str | None = None):
+        llm = self.served_llm
+        return llm.model_copy(update={"ollama_model": model}) if model else llm
+
     def chat_model(self, model: str | None = None):
         """(BaseChatModel, tag) for the configured runtime; ``model`` overrides the model name."""
         from assistant.llm import build_chat_model
@@ -71,24 +82,20 @@ class Container:
         key = model or ""
         with self._lock:
             if key not in self._models:
-                llm = self.settings.llm
-                if model:
-                    llm = llm.model_copy(update={"ollama_model": model})
-                self._models[key] = build_chat_model(llm)
+                self._models[key] = build_chat_model(self.llm_settings(model))
             return self._models[key]
 
     def loaded_model_tags(self) -> list[str]:
         return [tag for _, tag in self._models.values()]
 
     def pipeline(self, collection: str | None = None, model: str | None = None):
-        from assistant.pipeline import RagPipeline
-
         from assistant.llm import translate_runtime_error
+        from assistant.pipeline import RagPipeline
 
         retriever = self.retriever(collection)
         llm, tag = self.chat_model(model)
         p = self.settings.pipeline
-        llm_settings = self.settings.llm.model_copy(update={"ollama_model": model}) if model else self.settings.llm
+        llm_settings = self.llm_settings(model)
         return RagPipeline(llm, retriever, model_tag=tag, condense=p.condense,
                            history_turns=p.history_turns,
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings))

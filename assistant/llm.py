@@ -116,6 +116,11 @@ class ChatLlamaCpp(BaseChatModel):
                 f"LoRA adapter {self.lora_path} does not exist",
                 "set LOCALCAT_LLM__LORA_PATH to a GGUF adapter, or unset it",
             )
+        if self.lora_path is not None:
+            # llama.cpp logs a LoRA it cannot apply and serves the base alone; refuse instead.
+            from finetune.export import check_lora_gguf
+
+            check_lora_gguf(self.lora_path, self.model_path)
         try:
             self._llama = llama_cpp.Llama(
                 model_path=str(self.model_path),

@@ -126,7 +126,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     def list_models():
         from assistant.llm import list_models as runtime_models
 
-        names = [DEFAULT_MODEL, *runtime_models(settings.llm)]
+        names = [DEFAULT_MODEL, *runtime_models(c.served_llm)]
         return {"object": "list",
                 "data": [{"id": n, "object": "model", "created": 0, "owned_by": "localcat"}
                          for n in dict.fromkeys(names)]}

@@ -16,6 +16,22 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--real-ollama", action="store_true",
+                     help="Also run the tests that need bigdl-core-cpp's Ollama (~2.6 GB install).")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Opt-in, not skipped: without the flag these are deselected (and counted as such); with it,
+    # a missing Ollama fails the test.
+    if config.getoption("--real-ollama"):
+        return
+    keep = [i for i in items if "real_ollama" not in i.keywords]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if "real_ollama" in i.keywords])
+        items[:] = keep
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Point LocalCat at tmp_path and away from any Ollama or config of the developer's machine."""

@@ -153,7 +153,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
     def model_choices() -> list[str]:
         from assistant.llm import list_models
 
-        return list_models(settings.llm)
+        return list_models(container.served_llm)
 
     # The model the settings name, as the list spells it. Asking with it passes no override, so the
     # page shares the container's default model (one llama.cpp load) with the HTTP API.
@@ -170,7 +170,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
             # The page stays usable with the configured model; say why the list is empty.
             _warn(err)
             models = []
-        configured["model"] = _configured_model(models, settings.llm)
+        configured["model"] = _configured_model(models, container.served_llm)
         if model not in models:
             model = configured["model"]
         return (gr.Dropdown(choices=colls, value=collection),
@@ -205,7 +205,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
                     answer = event.answer
                     container.feedback.record_answer(answer)
         except Exception as exc:
-            err = _as_localcat_error(exc, settings.llm)
+            err = _as_localcat_error(exc, container.served_llm)
             if err is None:
                 raise
             # The problem takes the place of the answer; the question goes back into the box.

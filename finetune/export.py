@@ -1,0 +1,168 @@
+"""Export a trained adapter: safetensors (PEFT), GGUF (llama.cpp's convert_lora_to_gguf.py), Modelfile.
+
+llama.cpp's converters ship only in the llama-cpp-python sdist; ./scripts/setup unpacks them into
+``<venv>/llama.cpp-tools`` (shared/RUNTIME.md). They run as a subprocess of this Python, with
+their own ``gguf-py`` first on the path.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from assistant.errors import LocalCatError, MissingDependency
+from finetune.base import BaseMismatch, BaseRef, Vocab, file_sha256, hf_weights, require
+from finetune.evaluate import check_base, read_manifest
+from finetune.modelfile import render_modelfile
+from finetune.settings import FinetuneSettings
+from finetune.train import MANIFEST, run_paths
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", MANIFEST)
+
+
+class AdapterCorrupt(LocalCatError):
+    """An adapter file that cannot be read (truncated, overwritten, or not an adapter)."""
+
+    status = 422
+
+
+def llama_cpp_tools(ft: FinetuneSettings) -> Path:
+    tools = ft.llama_cpp_tools or Path(sys.prefix) / "llama.cpp-tools"
+    if not (tools / "convert_lora_to_gguf.py").is_file() or not (tools / "gguf-py").is_dir():
+        raise MissingDependency(f"llama.cpp's convert_lora_to_gguf.py (looked in {tools})",
+                                "./scripts/setup")
+    return tools
+
+
+def _run_tool(tools: Path, script: str, args: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools / "gguf-py"), env.get("PYTHONPATH")]))
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    return subprocess.run([sys.executable, str(tools / script), *args], env=env,
+                          capture_output=True, text=True, check=False)
+
+
+def check_safetensors(path: Path) -> None:
+    """Open every tensor of a safetensors file, or raise AdapterCorrupt."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                f.get_slice(key)
+    except Exception as err:  # safetensors raises its own SafetensorError, OSError, ValueError
+        raise AdapterCorrupt(
+            f"The adapter {path} is damaged or not a safetensors file ({err})",
+            "train it again (`localcat finetune train --restart`)",
+        ) from err
+
+
+def check_lora_gguf(path: Path, base: Path | None = None) -> None:
+    """A readable GGUF LoRA adapter (that fits ``base``, when given), or a clear error.
+
+    Checked here because llama-cpp-python 0.3.36 does not: when llama.cpp fails to apply an
+    adapter (damaged file, other base: "tensor ... has incorrect shape") it logs the failure and
+    loads the base alone, so the model would silently answer without its fine-tune.
+    """
+    gguf = require("gguf", "The gguf package")
+    redo = "export it again with `localcat finetune export`"
+    try:
+        reader = gguf.GGUFReader(str(path))
+        kind = _field(reader, "general.type"), _field(reader, "adapter.type")
+        tensors = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
+    except FileNotFoundError as err:
+        raise AdapterCorrupt(f"The adapter {path} is missing", redo) from err
+    except (ValueError, OSError, IndexError, KeyError) as err:
+        # GGUFReader cannot map a truncated or overwritten file onto its own header.
+        raise AdapterCorrupt(f"The adapter {path} is damaged ({err})", redo) from err
+    if kind != ("adapter", "lora") or not tensors:
+        raise AdapterCorrupt(f"{path} is not a GGUF LoRA adapter (it is {kind[0] or 'unknown'})", redo)
+    if base is None:
+        return
+    try:
+        shapes = {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(str(base)).tensors}
+    except (ValueError, OSError) as err:
+        raise AdapterCorrupt(f"The base model {base} cannot be read ({err})",
+                             "check the base model file") from err
+    for name, shape in tensors.items():
+        target, _, part = name.rpartition(".lora_")
+        want = shapes.get(target)
+        # ggml lists dimensions inner first: A is [in, r], B is [r, out], the weight [in, out].
+        fits = want is not None and (shape[0] == want[0] if part == "a" else shape[-1] == want[-1])
+        if not fits:
+            raise BaseMismatch(
+                f"The adapter {path.name} does not fit {base.name}: {target} is "
+                f"{want or 'missing'} there (adapter tensor {name} {shape})",
+                "it was trained on another base model: register it with that base, or train "
+                "again on this one",
+            )
+
+
+def _field(reader, key: str) -> str | None:
+    field = reader.fields.get(key)
+    return None if field is None else str(field.contents())
+
+
+def export(run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path) -> dict[str, Any]:
+    """Write export/{adapter/, adapter.gguf, Modelfile, export.json}; return export.json's data."""
+    paths = run_paths(run_dir)
+    adapter = paths["adapter"]
+    manifest = read_manifest(adapter)
+    check_base(manifest, base)
+    if base.kind != "gguf":
+        raise LocalCatError(
+            f"{base.name} is a Hugging Face folder; llama.cpp and Ollama serve GGUF files",
+            "convert it once with llama.cpp's convert_hf_to_gguf.py and fine-tune the GGUF",
+        )
+    check_safetensors(adapter / "adapter_model.safetensors")
+    tools = llama_cpp_tools(ft)
+    out = paths["export"]
+    shutil.rmtree(out, ignore_errors=True)
+    (out / "adapter").mkdir(parents=True)
+    for name in ADAPTER_FILES:
+        shutil.copy2(adapter / name, out / "adapter" / name)
+
+    with Vocab(base) as vocab:
+        hf_dir = hf_weights(base, cache_dir, vocab)
+        template = vocab.template
+    if template.sha256 != manifest["chat_template"]["sha256"]:
+        raise LocalCatError(
+            "The base's chat template changed since the adapter was trained",
+            "train the adapter again on this base",
+        )
+    gguf = out / "adapter.gguf"
+    done = _run_tool(tools, "convert_lora_to_gguf.py",
+                     [str(out / "adapter"), "--base", str(hf_dir), "--outfile", str(gguf),
+                      "--outtype", ft.lora_outtype])
+    if done.returncode != 0 or not gguf.is_file():
+        raise LocalCatError(
+            f"convert_lora_to_gguf.py failed (exit {done.returncode}): {done.stderr.strip()[-1500:]}",
+            "check that the adapter matches the base; see the message above",
+        )
+    check_lora_gguf(gguf, base.path)
+    modelfile = render_modelfile(
+        base.path, "./adapter.gguf", template,
+        comment=f"LocalCat fine-tune {run_dir.name}: {base.name} + LoRA ({manifest['trainer']})\n"
+                f"base sha256 {base.sha256}",
+    )
+    (out / "Modelfile").write_text(modelfile)
+    result = {
+        "run": run_dir.name,
+        "base": base.describe(),
+        "adapter_dir": str(out / "adapter"),
+        "adapter_gguf": str(gguf),
+        "modelfile": str(out / "Modelfile"),
+        "sha256": {
+            "adapter.gguf": file_sha256(gguf),
+            "adapter_model.safetensors": file_sha256(out / "adapter" / "adapter_model.safetensors"),
+        },
+        "bytes": {"adapter.gguf": gguf.stat().st_size},
+        "chat_template_sha256": template.sha256,
+    }
+    (out / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result

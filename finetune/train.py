@@ -1,0 +1,451 @@
+"""Train a LoRA on the SFT split: unsloth (FastLanguageModel + TRL SFTTrainer), or plain PEFT.
+
+Examples are tokenised here, not by the trainer: the prompt is the base's chat template rendered
+as llama.cpp renders it and tokenised by llama.cpp's own vocabulary, the completion is the reply up
+to its end-of-turn marker, and only the completion is learned. The trainer gets ``input_ids`` and
+``labels`` and has nothing left to guess.
+
+A run keeps checkpoints and starts again from the last one; the loss curve is written as JSON and
+PNG. The plain PEFT trainer exists for machines where unsloth cannot be installed: it is used only
+when asked for (``--trainer peft``) and the result says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from assistant.errors import ConfigError, LocalCatError
+from finetune.base import BaseRef, Vocab, hf_weights, require
+from finetune.dataset import read_jsonl
+from finetune.modelfile import stop_markers
+from finetune.settings import FinetuneSettings
+
+MANIFEST = "localcat-adapter.json"
+UNSLOTH_INSTALL = "./scripts/setup --finetune"
+
+
+class TrainingFailed(LocalCatError):
+    status = 500
+
+
+@dataclass
+class Example:
+    id: str
+    question: str
+    prompt: str
+    target: str
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def prompt_len(self) -> int:
+        return sum(1 for x in self.labels if x == -100)
+
+
+def tokenize_rows(
+    rows: Sequence[dict[str, Any]], vocab: Vocab, max_len: int, stops: Sequence[str] | None = None
+) -> tuple[list[Example], int]:
+    """(examples, how many were too long) for SFT rows, loss on the completion only."""
+    stops = stop_markers(vocab.template) if stops is None else stops
+    out, too_long = [], 0
+    for row in rows:
+        prompt, completion = vocab.template.split(row["messages"], row["target"], stops)
+        # Tokenised apart, as served: llama.cpp tokenises the prompt and then generates the reply.
+        p_ids, c_ids = vocab.encode(prompt), vocab.encode(completion)
+        if len(p_ids) + len(c_ids) > max_len:
+            too_long += 1
+            continue
+        out.append(Example(row["id"], row["question"], prompt, row["target"], p_ids + c_ids,
+                           [-100] * len(p_ids) + c_ids))
+    return out, too_long
+
+
+def run_paths(run_dir: Path) -> dict[str, Path]:
+    t = run_dir / "train"
+    return {"dataset": run_dir / "dataset", "train": t, "checkpoints": t / "checkpoints",
+            "adapter": t / "adapter", "loss_json": t / "loss.json", "loss_png": t / "loss.png",
+            "result": t / "train.json", "eval": run_dir / "eval", "export": run_dir / "export"}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("unsloth", "unsloth_zoo", "trl", "peft", "transformers", "torch", "llama_cpp_python"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[name] = version(name)
+    return out
+
+
+def import_unsloth() -> Any:
+    """Import unsloth first: it patches transformers, TRL and PEFT when it is imported."""
+    # The CPU-only torch has no torchvision; unsloth's check for it would refuse to import
+    # (shared/RUNTIME.md). LocalCat never downloads models, so keep the hub offline too.
+    os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "transformers" in sys.modules and "unsloth" not in sys.modules:
+        print("localcat: transformers was imported before unsloth; unsloth may patch less",
+              file=sys.stderr)
+    try:
+        import unsloth
+    except ImportError as err:
+        raise require_error("unsloth") from err
+    except (RuntimeError, NotImplementedError) as err:
+        raise TrainingFailed(
+            f"unsloth cannot start here ({err})",
+            "see shared/RUNTIME.md for the CPU recipe, or train with `--trainer peft`",
+        ) from err
+    return unsloth
+
+
+def require_error(what: str) -> LocalCatError:
+    from assistant.errors import MissingDependency
+
+    return MissingDependency(what, UNSLOTH_INSTALL + "  (or train with --trainer peft)")
+
+
+def _fingerprint(base: BaseRef, dataset_sha: str, ft: FinetuneSettings, trainer: str) -> str:
+    keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs",
+            "max_steps", "batch_size", "grad_accum", "max_seq_length", "seed")
+    blob = json.dumps([base.sha256, dataset_sha, trainer, {k: getattr(ft, k) for k in keys}],
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train(
+    run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path,
+    resume: bool = True, progress: bool = True, log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Train the run's LoRA; returns (and writes to train/train.json) what happened."""
+    say = log or (lambda msg: print(msg, file=sys.stderr))
+    paths = run_paths(run_dir)
+    report_path = paths["dataset"] / "report.json"
+    if not report_path.is_file():
+        raise ConfigError(f"Run {run_dir.name} has no data set",
+                          f"build it first: `localcat finetune dataset --run {run_dir.name}`")
+    dataset = json.loads(report_path.read_text())
+    trainer_kind = ft.trainer
+    fingerprint = _fingerprint(base, dataset["sha256"], ft, trainer_kind)
+    paths["train"].mkdir(parents=True, exist_ok=True)
+    stamp = paths["train"] / "fingerprint.txt"
+    checkpoint = _last_checkpoint(paths["checkpoints"]) if resume else None
+    if checkpoint and stamp.is_file() and stamp.read_text().strip() != fingerprint:
+        raise ConfigError(
+            f"The checkpoints in {paths['checkpoints']} were made from other data, base or settings",
+            f"start over with `localcat finetune train --run {run_dir.name} --restart`",
+        )
+    if not resume:
+        import shutil
+
+        shutil.rmtree(paths["checkpoints"], ignore_errors=True)
+    stamp.write_text(fingerprint + "\n")
+    done = _finished(paths, checkpoint, fingerprint)
+    if done is not None:
+        say(f"{run_dir.name} is already trained ({checkpoint.name}); nothing to do")
+        return done
+    if trainer_kind == "unsloth":
+        import_unsloth()  # before anything imports transformers
+    torch = require("torch", "torch")
+    if ft.threads:
+        torch.set_num_threads(ft.threads)
+
+    with Vocab(base) as vocab:
+        say(f"Preparing {base.name} for training…")
+        hf_dir = hf_weights(base, cache_dir, vocab)
+        stops = stop_markers(vocab.template)
+        train_ex, long_train = tokenize_rows(read_jsonl(paths["dataset"] / "train.jsonl"), vocab,
+                                             ft.max_seq_length, stops)
+        val_ex, long_val = tokenize_rows(read_jsonl(paths["dataset"] / "val.jsonl"), vocab,
+                                         ft.max_seq_length, stops)
+        template = vocab.template
+        pad_id = vocab.pad_id if vocab.pad_id is not None else (vocab.eos_id or 0)
+    if not train_ex:
+        raise ConfigError(
+            f"Every training example is longer than {ft.max_seq_length} tokens",
+            "raise LOCALCAT_FINETUNE__MAX_SEQ_LENGTH or lower the retrieval k / chunk size",
+        )
+
+    steps_per_epoch = math.ceil(len(train_ex) / (ft.batch_size * ft.grad_accum))
+    total = ft.max_steps or max(1, math.ceil(steps_per_epoch * ft.epochs))
+    require("transformers", "transformers").set_seed(ft.seed)  # LoRA init and data order
+    model, tokenizer = _load(trainer_kind, hf_dir, ft, torch)
+    trainer = _trainer(trainer_kind, model, tokenizer, train_ex, val_ex, paths, ft, total, pad_id,
+                       torch)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    for cb in (PrinterCallback, ProgressCallback):
+        trainer.remove_callback(cb)
+    trainer.add_callback(_progress_callback(total, enabled=progress))
+    say(f"Training a LoRA with {trainer_kind} on {len(train_ex)} examples "
+        f"({total} steps{f', resuming from {checkpoint.name}' if checkpoint else ''})…")
+    start_step = _checkpoint_step(checkpoint)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    try:
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except KeyboardInterrupt:
+        raise
+    except (RuntimeError, ValueError) as err:
+        raise TrainingFailed(
+            f"Training stopped: {err}",
+            f"fix the cause and run it again; it resumes from {paths['checkpoints']}",
+        ) from err
+    seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
+    steps_done = trainer.state.global_step - start_step
+
+    adapter = paths["adapter"]
+    model.save_pretrained(str(adapter))
+    history = _loss_history(trainer.state.log_history)
+    paths["loss_json"].write_text(json.dumps(history, indent=2) + "\n")
+    plot_loss(history, paths["loss_png"], title=f"{run_dir.name} · {trainer_kind} · {base.name}")
+    result = {
+        "run": run_dir.name,
+        "trainer": trainer_kind,
+        "fallback": trainer_kind != "unsloth",
+        "base": base.describe(),
+        "examples": {"train": len(train_ex), "val": len(val_ex),
+                     "too_long": long_train + long_val},
+        "steps": trainer.state.global_step,
+        "steps_this_session": steps_done,
+        "resumed_from": checkpoint.name if checkpoint else None,
+        "seconds": round(seconds, 2),
+        "steps_per_second": round(steps_done / seconds, 3) if seconds > 0 else None,
+        # CPU time is steadier than wall time on a shared machine.
+        "cpu_seconds": round(cpu_seconds, 2),
+        "train_loss": round(float(out.training_loss), 5),
+        "final_eval_loss": next((h["eval_loss"] for h in reversed(history["eval"])), None),
+        "adapter": str(adapter),
+        "loss_png": str(paths["loss_png"]),
+    }
+    manifest = {
+        "format": 1,
+        "base": base.describe(),
+        "chat_template": {"source": template.source, "sha256": template.sha256,
+                          "bos_token": template.bos_token, "eos_token": template.eos_token,
+                          "stops": stops},
+        "trainer": trainer_kind,
+        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout,
+                 "target_modules": ft.target_modules},
+        "dataset": {"run": run_dir.name, "sha256": dataset["sha256"], "sft": dataset["sft"]},
+        "fingerprint": fingerprint,
+        "versions": _versions(),
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    (adapter / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    paths["result"].write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def _finished(paths: dict[str, Path], checkpoint: Path | None, fingerprint: str) -> dict | None:
+    """The earlier result when the last checkpoint is the final step and its adapter was saved.
+
+    (Resuming a finished run would otherwise train one step past max_steps.)
+    """
+    if checkpoint is None or not paths["result"].is_file():
+        return None
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    manifest = paths["adapter"] / MANIFEST
+    if state["global_step"] < state["max_steps"] or not manifest.is_file():
+        return None
+    if json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+        return None
+    result = json.loads(paths["result"].read_text())
+    return {**result, "resumed_from": checkpoint.name, "steps_this_session": 0, "seconds": 0.0,
+            "steps_per_second": None}
+
+
+def _last_checkpoint(folder: Path) -> Path | None:
+    if not folder.is_dir():
+        return None
+    found = [p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()
+             and (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def _checkpoint_step(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.split("-")[-1]) if checkpoint else 0
+
+
+def _load(kind: str, hf_dir: Path, ft: FinetuneSettings, torch: Any) -> tuple[Any, Any]:
+    cpu = not torch.cuda.is_available()
+    if kind == "unsloth":
+        from unsloth import FastLanguageModel
+
+        model, tokenizer = FastLanguageModel.from_pretrained(
+            str(hf_dir), max_seq_length=ft.max_seq_length, load_in_4bit=False,
+            dtype=torch.float32 if cpu else None, local_files_only=True,
+        )
+        model = FastLanguageModel.get_peft_model(
+            model, r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+            target_modules=list(ft.target_modules), bias="none",
+            use_gradient_checkpointing=False if cpu else "unsloth", random_state=ft.seed,
+        )
+        return model, tokenizer
+    transformers = require("transformers", "transformers")
+    peft = require("peft", "peft")
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(hf_dir), dtype=torch.float32 if cpu else torch.bfloat16
+    )
+    config = peft.LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
+                             target_modules=list(ft.target_modules), bias="none",
+                             task_type="CAUSAL_LM")
+    return peft.get_peft_model(model, config), None
+
+
+def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
+             val_ex: list[Example], paths: dict[str, Path], ft: FinetuneSettings, total: int,
+             pad_id: int, torch: Any) -> Any:
+    datasets = require("datasets", "datasets")
+
+    def table(examples: list[Example]) -> Any:
+        return datasets.Dataset.from_list(
+            [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+        )
+
+    common = dict(
+        output_dir=str(paths["checkpoints"]),
+        max_steps=total,
+        per_device_train_batch_size=ft.batch_size,
+        per_device_eval_batch_size=ft.batch_size,
+        gradient_accumulation_steps=ft.grad_accum,
+        learning_rate=ft.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=min(10, total // 10),
+        logging_steps=max(1, total // 25),
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if val_ex else "no",
+        eval_steps=max(1, total // 5),
+        report_to=[],
+        seed=ft.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+    if kind == "unsloth":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(**common, max_length=ft.max_seq_length, packing=False,
+                         dataset_num_proc=None)
+        return SFTTrainer(model=model, processing_class=tokenizer, args=args,
+                          train_dataset=table(train_ex),
+                          eval_dataset=table(val_ex) if val_ex else None)
+    # Plain transformers Trainer: TRL's SFTTrainer needs triton kernels that CPU torch lacks.
+    from transformers import Trainer, TrainingArguments
+
+    return Trainer(model=model, args=TrainingArguments(**common),
+                   train_dataset=table(train_ex), eval_dataset=table(val_ex) if val_ex else None,
+                   data_collator=_Collator(pad_id, torch))
+
+
+class _Collator:
+    """Right-pads ids with the pad token and labels with -100."""
+
+    def __init__(self, pad_id: int, torch: Any):
+        self.pad_id, self.torch = pad_id, torch
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        width = max(len(f["input_ids"]) for f in features)
+
+        def pad(key: str, value: int) -> Any:
+            return self.torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
+
+        mask = self.torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
+                                  for f in features])
+        return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100),
+                "attention_mask": mask}
+
+
+def _progress_callback(total: int, enabled: bool) -> Any:
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """A progress bar on stderr with the latest loss (the Trainer's own prints to stdout)."""
+
+        bar: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.bar = tqdm(total=total, initial=state.global_step, desc="train", unit="step",
+                            file=sys.stderr, disable=not enabled, dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs:
+                shown = {k: f"{float(v):.4g}" for k, v in logs.items() if k in ("loss", "eval_loss")}
+                if shown:
+                    self.bar.set_postfix(shown)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    return Progress()
+
+
+def _loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    train, evals = [], []
+    for entry in log_history:
+        if "loss" in entry:
+            train.append({"step": int(entry["step"]), "loss": round(float(entry["loss"]), 5),
+                          "learning_rate": float(entry.get("learning_rate", 0.0))})
+        if "eval_loss" in entry:
+            evals.append({"step": int(entry["step"]), "eval_loss": round(float(entry["eval_loss"]), 5)})
+    return {"train": train, "eval": evals}
+
+
+def plot_loss(history: dict[str, list[dict[str, float]]], path: Path, title: str = "") -> None:
+    """A small PNG of training (blue) and validation (orange) loss per step, drawn with Pillow."""
+    from PIL import Image, ImageDraw
+
+    width, height, margin = 640, 360, 48
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    points = [(h["step"], h["loss"]) for h in history["train"]]
+    evals = [(h["step"], h["eval_loss"]) for h in history["eval"]]
+    every = points + evals
+    draw.text((margin, 8), title or "loss", fill="black")
+    if every:
+        steps = [s for s, _ in every]
+        losses = [v for _, v in every]
+        s0, s1 = min(steps), max(max(steps), min(steps) + 1)
+        lo, hi = min(losses), max(losses)
+        hi = hi if hi > lo else lo + 1.0
+
+        def xy(step: float, loss: float) -> tuple[float, float]:
+            x = margin + (step - s0) / (s1 - s0) * (width - 2 * margin)
+            y = height - margin - (loss - lo) / (hi - lo) * (height - 2 * margin)
+            return x, y
+
+        draw.line([(margin, margin), (margin, height - margin), (width - margin, height - margin)],
+                  fill="black")
+        draw.text((4, margin - 6), f"{hi:.3g}", fill="black")
+        draw.text((4, height - margin - 6), f"{lo:.3g}", fill="black")
+        draw.text((margin, height - margin + 6), f"step {s0}", fill="black")
+        draw.text((width - margin - 60, height - margin + 6), f"step {s1}", fill="black")
+        for series, colour in ((points, (31, 119, 180)), (evals, (255, 127, 14))):
+            coords = [xy(s, v) for s, v in series]
+            if len(coords) > 1:
+                draw.line(coords, fill=colour, width=2)
+            for x, y in coords:
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        draw.text((width - margin - 120, 8), "train", fill=(31, 119, 180))
+        draw.text((width - margin - 60, 8), "val", fill=(255, 127, 14))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="PNG")
