@@ -25,6 +25,18 @@ from ingest.loaders import iter_files, load_file
 
 # Chroma rejects adds above its max batch size (~5k); stay well below.
 _CHROMA_BATCH = 1000
+# Files are embedded and written together until their chunks reach this.
+_EMBED_BATCH = 256
+
+
+@dataclass
+class _Prepared:
+    """A file parsed and chunked, waiting to be embedded and written."""
+
+    key: str
+    digest: str
+    existed: bool
+    chunks: list[Chunk]
 
 
 def file_hash(path: Path) -> str:
@@ -97,15 +109,29 @@ class Indexer:
         progress.on_files(len(found))
 
         seen: set[str] = set()
-        for path, problem in found:
-            seen.add(str(path))
-            result = (
-                FileResult(path=str(path), status="failed", reason=problem)
-                if problem
-                else self._ingest_file(path, collection, coll)
-            )
+        batch: list[_Prepared] = []
+
+        def done(result: FileResult) -> None:
             report.files.append(result)
             progress.on_file_done(result)
+
+        for path, problem in found:
+            seen.add(str(path))
+            prepared = (
+                FileResult(path=str(path), status="failed", reason=problem)
+                if problem
+                else self._prepare(path, collection)
+            )
+            if isinstance(prepared, FileResult):
+                done(prepared)
+                continue
+            batch.append(prepared)
+            if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH:
+                for result in self._write(batch, collection, coll):
+                    done(result)
+                batch = []
+        for result in self._write(batch, collection, coll):
+            done(result)
 
         if prune:
             folders = [p for p in paths if p.is_dir()]
@@ -120,30 +146,45 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _ingest_file(self, path: Path, collection: str, coll) -> FileResult:
+    def _prepare(self, path: Path, collection: str) -> _Prepared | FileResult:
+        """Hash, skip if unchanged, else parse and chunk; nothing is written yet."""
         key = str(path)
         try:
             digest = file_hash(path)
         except OSError as exc:
             return FileResult(path=key, status="failed", reason=f"cannot read: {exc.strerror}")
         old = self.store.file(collection, key)
-        if (
-            old
-            and old.state == "done"
-            and old.file_hash == digest
-            and old.config == self.config_key
-        ):
+        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key:
             return FileResult(path=key, status="skipped", chunks=old.chunks)
         try:
             chunks = self._chunks(path, digest)
-            vectors = self.embeddings.encode([c.text for c in chunks]) if chunks else []
         except BadFile as exc:
             return FileResult(path=key, status="failed", reason=str(exc))
         except (OSError, UnicodeError, ValueError, MemoryError) as exc:
             return FileResult(path=key, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        return _Prepared(key, digest, old is not None, chunks)
 
-        self.store.mark_pending(collection, key, digest, self.config_key)
-        coll.delete(where={"source": key})
+    def _write(self, batch: list[_Prepared], collection: str, coll) -> list[FileResult]:
+        """Embed several files' chunks in one call and write them with few Chroma calls.
+
+        One encode and one add per batch instead of per file: a Chroma add costs ~40 ms whatever
+        its size, which made small files ingest at 0.7× the raw encode speed (BENCHMARKS.md).
+        """
+        if not batch:
+            return []
+        texts = [c.text for p in batch for c in p.chunks]
+        try:
+            vectors = self.embeddings.encode(texts)
+        except (ValueError, MemoryError, RuntimeError) as exc:
+            if len(batch) == 1:
+                reason = f"cannot embed: {type(exc).__name__}: {exc}"
+                return [FileResult(path=batch[0].key, status="failed", reason=reason)]
+            # Find the file that breaks the encoder and let the others through.
+            return [r for p in batch for r in self._write([p], collection, coll)]
+        for p in batch:
+            self.store.mark_pending(collection, p.key, p.digest, self.config_key)
+        coll.delete(where={"source": {"$in": [p.key for p in batch]}})
+        chunks = [c for p in batch for c in p.chunks]
         for i in range(0, len(chunks), _CHROMA_BATCH):
             part = chunks[i : i + _CHROMA_BATCH]
             coll.add(
@@ -151,9 +192,12 @@ class Indexer:
                 embeddings=vectors[i : i + _CHROMA_BATCH],
                 metadatas=[_metadata(c) for c in part],
             )
-        self.store.commit_file(collection, key, digest, self.config_key, chunks)
-        status = "updated" if old else "added"
-        return FileResult(path=key, status=status, chunks=len(chunks))
+        results = []
+        for p in batch:
+            self.store.commit_file(collection, p.key, p.digest, self.config_key, p.chunks)
+            results.append(FileResult(path=p.key, status="updated" if p.existed else "added",
+                                      chunks=len(p.chunks)))
+        return results
 
     def _chunks(self, path: Path, digest: str) -> list[Chunk]:
         ing, ch = self.settings.ingest, self.settings.chunking

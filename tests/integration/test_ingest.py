@@ -157,3 +157,21 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
     assert len(killed_state[0]) > 60
     assert {f.state for f in killed_c.store.files("kbase")} == {"done"}
     assert killed_c.bm25.search("kbase", "N29-39", 3)  # BM25 was rebuilt after the repair
+
+
+def test_a_file_the_encoder_rejects_fails_alone(container, docs_dir, monkeypatch):
+    """Files are embedded in batches; one that breaks the encoder must not take the batch down."""
+    (docs_dir / "poison.md").write_text("# Poison\n\nBOOM goes this text.\n")
+    real = container.embeddings.encode
+
+    def encode(texts, *a, **k):
+        if any("BOOM" in t for t in texts):
+            raise RuntimeError("encoder failed")
+        return real(texts, *a, **k)
+
+    monkeypatch.setattr(container.embeddings, "encode", encode)
+    report = container.indexer.ingest([docs_dir], "kbase")
+    assert report.summary() == {"added": 3, "updated": 0, "skipped": 0, "removed": 0, "failed": 1}
+    assert [f.reason for f in report.files if f.status == "failed"][0].startswith("cannot embed")
+    chroma_ids, sqlite_ids = store_state(container, "kbase")
+    assert chroma_ids == sqlite_ids and len(chroma_ids) == report.chunks_written
