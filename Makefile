@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup setup-dev demo test test-unit lint bench
+.PHONY: setup setup-dev demo test test-unit lint bench eval-set
 
 setup:
 	./scripts/setup
@@ -24,3 +24,15 @@ test-unit:
 
 lint:
 	$(VENV)/bin/ruff check .
+
+# Figures go to BENCHMARKS.md; each script compares LocalCat with the raw library in one run.
+bench:
+	$(PY) bench/pipeline_overhead.py
+	$(PY) bench/retrieval.py
+	$(PY) bench/ingest.py
+	$(PY) bench/server.py
+
+# The retrieval eval set from Debian's python3.11-doc (apt-get install -y python3.11-doc).
+eval-set:
+	$(PY) scripts/build_eval_set.py
+	$(VENV)/bin/localcat eval $${XDG_DATA_HOME:-$$HOME/.local/share}/localcat/eval/python-faq

@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # settings (pydantic-settings) stay out of `localcat --help`'
 KS = (1, 3, 5, 10)
 MODES = ("dense", "bm25", "fused")
 SIM_GRID = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6)
-BM25_GRID = (0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, math.inf)
+COVERAGE_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.01)
 
 
 # --- the data set -----------------------------------------------------------------------------
@@ -153,6 +153,7 @@ class Candidates:
 
     dense: list[tuple[str, float]]
     lexical: list[tuple[str, float]]
+    coverage: float = 0.0  # BM25Index.coverage of the first COVERAGE_DEPTH BM25 hits
 
     @property
     def top_similarity(self) -> float | None:
@@ -171,7 +172,7 @@ def mode_settings(rs: RetrievalSettings, mode: str) -> RetrievalSettings:
 
 def unfiltered(rs: RetrievalSettings) -> RetrievalSettings:
     """The same ranking with no relevance bar (every candidate passes)."""
-    return rs.model_copy(update={"min_similarity": -1.0, "min_bm25": 0.0})
+    return rs.model_copy(update={"min_similarity": -1.0, "min_coverage": 0.0})
 
 
 def rank(c: Candidates, rs: RetrievalSettings) -> list[str]:
@@ -180,7 +181,8 @@ def rank(c: Candidates, rs: RetrievalSettings) -> list[str]:
 
     Mirrors search(query): a side with weight 0 is not queried; RRF over each side's first
     max(candidates, k) hits; nothing at all unless the best cosine reaches min_similarity or the
-    best BM25 score reaches min_bm25. tests/integration/test_evaluation.py checks the two agree.
+    top BM25 hits cover min_coverage of the query. tests/integration/test_eval_cli.py checks
+    the two agree.
     """
     from assistant.retriever import rrf
 
@@ -188,8 +190,8 @@ def rank(c: Candidates, rs: RetrievalSettings) -> list[str]:
     dense = c.dense[:n] if rs.dense_weight > 0 else []
     lexical = c.lexical[:n] if rs.bm25_weight > 0 else []
     best_dense = max((s for _, s in dense), default=-1.0)
-    best_bm25 = max((s for _, s in lexical), default=0.0)
-    if best_dense < rs.min_similarity and best_bm25 < rs.min_bm25:
+    coverage = c.coverage if lexical else 0.0
+    if best_dense < rs.min_similarity and coverage < rs.min_coverage:
         return []
     fused = rrf([([i for i, _ in dense], rs.dense_weight), ([i for i, _ in lexical], rs.bm25_weight)],
                 rs.rrf_k)
@@ -270,6 +272,8 @@ def collect(prepared: Prepared, queries: Mapping[str, str], depth: int,
     """Dense and BM25 candidates for every query (depth each), and the p50 time of each side."""
     from tqdm import tqdm
 
+    from assistant.retriever import COVERAGE_DEPTH
+
     c = prepared.container
     retriever = c.retriever(prepared.collection)
     out: dict[str, Candidates] = {}
@@ -282,7 +286,8 @@ def collect(prepared: Prepared, queries: Mapping[str, str], depth: int,
         t2 = time.perf_counter()
         times["dense"].append(t1 - t0)
         times["bm25"].append(t2 - t1)
-        out[qid] = Candidates(dense, lexical)
+        top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
+        out[qid] = Candidates(dense, lexical, c.bm25.coverage(prepared.collection, text, top))
     return out, {k: 1000 * statistics.median(v) for k, v in times.items() if v}
 
 
@@ -323,11 +328,11 @@ def evaluate(data: BeirSet, prepared: Prepared, rs: RetrievalSettings, *,
 
     sweep = []
     for sim in SIM_GRID:
-        for bm in BM25_GRID:
-            bar = rs.model_copy(update={"min_similarity": sim, "min_bm25": bm})
+        for cov in COVERAGE_GRID:
+            bar = rs.model_copy(update={"min_similarity": sim, "min_coverage": cov})
             rates = threshold_rates(answerable, data.qrels, unanswerable, kinds,
                                     prepared.chunk_doc, bar)
-            sweep.append({"min_similarity": sim, "min_bm25": None if math.isinf(bm) else bm, **rates})
+            sweep.append({"min_similarity": sim, "min_coverage": cov, **rates})
 
     def first_rank(ranked: list[str], rels: Mapping[str, int]) -> int | None:
         return next((r for r, d in enumerate(ranked, 1) if rels.get(d, 0) > 0), None)
@@ -335,11 +340,12 @@ def evaluate(data: BeirSet, prepared: Prepared, rs: RetrievalSettings, *,
     per_query = [
         {"id": q, "text": data.queries[q],
          **{f"rank_{m}": first_rank(runs[m][q], data.qrels[q]) for m in MODES},
-         "top_similarity": answerable[q].top_similarity, "top_bm25": answerable[q].top_bm25}
+         "top_similarity": answerable[q].top_similarity, "top_bm25": answerable[q].top_bm25,
+         "coverage": answerable[q].coverage}
         for q in data.queries
     ] + [
         {"id": q, "text": t, "kind": kind, "top_similarity": unanswerable[q].top_similarity,
-         "top_bm25": unanswerable[q].top_bm25}
+         "top_bm25": unanswerable[q].top_bm25, "coverage": unanswerable[q].coverage}
         for q, (t, kind) in data.unanswerable.items()
     ]
     return {
@@ -378,7 +384,7 @@ def render_table(report: dict) -> str:
                     f"rrf_k {rs['rrf_k']}, weights dense {rs['dense_weight']} / bm25 "
                     f"{rs['bm25_weight']}, candidates {rs['candidates']}")
     lines.append("")
-    lines.append(f"relevance bar min_similarity {rs['min_similarity']}, min_bm25 {rs['min_bm25']}: "
+    lines.append(f"relevance bar min_similarity {rs['min_similarity']}, min_coverage {rs['min_coverage']}: "
                  f"answerable told 'nothing found' {cur['nothing_found']:.1%}; answer in the top "
                  f"{rs['k']} chunks {cur['answer_in_top_k']:.1%}")
     for key, value in cur.items():
@@ -407,10 +413,10 @@ def plot(report: dict, path: Path) -> None:
     left.legend()
 
     rs = report["settings"]["retrieval"]
-    current_bm25 = rs["min_bm25"]
-    rows = [r for r in report["thresholds"]["sweep"] if r["min_bm25"] == current_bm25]
-    if not rows:  # the configured min_bm25 is off the grid: show BM25 alone never passing
-        rows = [r for r in report["thresholds"]["sweep"] if r["min_bm25"] is None]
+    sweep = report["thresholds"]["sweep"]
+    # The configured min_coverage, or the grid's nearest when it is off the grid.
+    nearest = min({r["min_coverage"] for r in sweep}, key=lambda v: abs(v - rs["min_coverage"]))
+    rows = [r for r in sweep if r["min_coverage"] == nearest]
     xs = [r["min_similarity"] for r in rows]
     right.plot(xs, [r["nothing_found"] for r in rows], "o-", label="answerable: nothing found")
     right.plot(xs, [r["answer_in_top_k"] for r in rows], "s-", label=f"answer in top {rs['k']}")
@@ -418,7 +424,7 @@ def plot(report: dict, path: Path) -> None:
         if key.startswith("retrieved["):
             right.plot(xs, [r[key] for r in rows], "^--", label=f"{key[10:-1]}: still retrieves")
     right.axvline(rs["min_similarity"], color="grey", lw=0.8)
-    right.set_xlabel(f"min_similarity (min_bm25 = {rows[0]['min_bm25']})")
+    right.set_xlabel(f"min_similarity (min_coverage = {nearest})")
     right.set_ylim(-0.02, 1.02)
     right.set_title("relevance bar")
     right.legend(fontsize=8)
@@ -449,7 +455,7 @@ def _require_matplotlib() -> None:
 @click.option("--bm25-weight", type=float, default=None, help="Override retrieval.bm25_weight.")
 @click.option("--candidates", type=int, default=None, help="Override retrieval.candidates.")
 @click.option("--min-similarity", type=float, default=None, help="Override retrieval.min_similarity.")
-@click.option("--min-bm25", type=float, default=None, help="Override retrieval.min_bm25.")
+@click.option("--min-coverage", type=float, default=None, help="Override retrieval.min_coverage.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the PNG (default: FOLDER/eval.png).")
 @click.option("--no-plot", is_flag=True, help="Skip the plot.")
@@ -458,7 +464,7 @@ def _require_matplotlib() -> None:
 def eval_command(folder: Path, split: str, work_dir: Path | None, chunk_size: int | None,
                  chunk_overlap: int | None, rrf_k: int | None, dense_weight: float | None,
                  bm25_weight: float | None, candidates: int | None, min_similarity: float | None,
-                 min_bm25: float | None, plot_path: Path | None, no_plot: bool, as_json: bool,
+                 min_coverage: float | None, plot_path: Path | None, no_plot: bool, as_json: bool,
                  quiet: bool) -> None:
     """Measure retrieval on a BEIR folder: nDCG@10, recall@10, MRR@10, hit@k for dense, BM25, fused.
 
@@ -477,7 +483,7 @@ def eval_command(folder: Path, split: str, work_dir: Path | None, chunk_size: in
                 if v is not None}
     retrieval = {k: v for k, v in (("rrf_k", rrf_k), ("dense_weight", dense_weight),
                                    ("bm25_weight", bm25_weight), ("candidates", candidates),
-                                   ("min_similarity", min_similarity), ("min_bm25", min_bm25))
+                                   ("min_similarity", min_similarity), ("min_coverage", min_coverage))
                  if v is not None}
     # Validated copies: a bad override fails here with pydantic's message, not deep in a run.
     try:

@@ -16,9 +16,15 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.output_parsers import StrOutputParser
 
-from assistant.prompt import ANSWER_PROMPT, CONDENSE_PROMPT, NOT_FOUND, PROMPT_VERSION, format_context
-from assistant.retriever import HybridRetriever
 from assistant.errors import LocalCatError
+from assistant.prompt import (
+    ANSWER_PROMPT,
+    CONDENSE_PROMPT,
+    NOT_FOUND,
+    PROMPT_VERSION,
+    format_context,
+)
+from assistant.retriever import HybridRetriever
 from assistant.schemas import Answer, Citation, Message, new_answer_id
 
 _CITE = re.compile(r"\[(\d+)\]")

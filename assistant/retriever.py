@@ -11,6 +11,8 @@ from pydantic import ConfigDict
 from assistant.settings import RetrievalSettings
 from assistant.vectorstore import BM25Index, ChunkStore
 
+COVERAGE_DEPTH = 3  # BM25 hits checked for the query's terms when the dense side is not sure
+
 
 def rrf(rankings: list[tuple[list[str], float]], k: int) -> dict[str, float]:
     """Weighted reciprocal-rank fusion: sum of weight / (k + rank) over the rankings (rank from 1)."""
@@ -66,8 +68,10 @@ class HybridRetriever(BaseRetriever):
         # The bar decides whether the documents speak to the question at all; once they do, the
         # fused order decides what the model sees (a chunk weak in one ranking may top the other).
         best_dense = max(similarity.values(), default=-1.0)
-        best_bm25 = max(bm25.values(), default=0.0)
-        if best_dense < s.min_similarity and best_bm25 < s.min_bm25:
+        if best_dense < s.min_similarity and (
+            self.bm25.coverage(self.collection, query, [i for i, _ in lexical[:COVERAGE_DEPTH]])
+            < s.min_coverage
+        ):
             return []
         relevant = sorted(fused, key=fused.__getitem__, reverse=True)
         chunks = self.store.chunks(self.collection, relevant[: (k or s.k) * 2])

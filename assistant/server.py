@@ -224,8 +224,9 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         return out
 
     if with_ui:
-        from ui.app import build_ui
         import gradio as gr
+
+        from ui.app import build_ui
 
         gr.mount_gradio_app(app, build_ui(c), path="/ui")
 

@@ -78,15 +78,20 @@ class RetrievalSettings(BaseModel):
     dense_weight: float = Field(1.0, ge=0, description="Weight of the dense ranking in fusion.")
     bm25_weight: float = Field(1.0, ge=0, description="Weight of the BM25 ranking in fusion.")
     min_similarity: float = Field(
-        0.25,
-        description="A chunk is relevant when its cosine similarity reaches this or its BM25 score "
-        "reaches min_bm25; with none relevant the assistant says it does not know.",
+        0.3,
+        description="The documents speak to a question when its best chunk's cosine similarity "
+        "reaches this, or one of the top BM25 chunks holds min_coverage of the question's terms; "
+        "otherwise the assistant says it found nothing. Depends on the embedder (set for "
+        "MiniLM-L6); check with `localcat eval`.",
     )
-    min_bm25: float = Field(
-        6.0, ge=0,
-        description="BM25 score that alone makes a question answerable. With min_similarity 0.25: "
-        "0 % of FAQ and 1 % of identifier questions told 'nothing found', 37 % of off-topic ones "
-        "still retrieve (was 87 % at 0.2/3; BENCHMARKS.md).",
+    min_coverage: float = Field(
+        0.7,
+        ge=0,
+        le=1.01,
+        description="Share of the question's term weight (idf) one top BM25 chunk must hold to let "
+        "it through on words alone; 1.01 turns this off. Unlike a raw BM25 score it does not grow "
+        "with the collection. With min_similarity 0.3: 0 % of FAQ and 1 % of identifier questions "
+        "told 'nothing found', 6.7 % of off-topic ones still retrieve (BENCHMARKS.md).",
     )
 
 

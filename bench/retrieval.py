@@ -74,20 +74,6 @@ def build(c, collection: str, n: int, seed: int = 0) -> float:
     return time.perf_counter() - t0
 
 
-def proposed_retriever_class():
-    """HybridRetriever with the dense() proposed in BENCHMARKS.md: no count() per query."""
-    from assistant.retriever import HybridRetriever
-
-    class Proposed(HybridRetriever):
-        def dense(self, query: str, n: int) -> list[tuple[str, float]]:
-            coll = self.chroma.get_collection(self.collection, embedding_function=None)
-            res = coll.query(query_embeddings=[self.embeddings.embed_query(query)], n_results=n,
-                             include=["distances"])
-            return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
-
-    return Proposed
-
-
 def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
     from assistant.retriever import HybridRetriever
 
@@ -96,7 +82,6 @@ def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
     parts = {"embeddings": fake, "chroma": c.chroma, "store": c.store, "bm25": c.bm25,
              "collection": collection, "settings": rs}
     ours = HybridRetriever(**parts)
-    proposed = proposed_retriever_class()(**parts)
     coll = c.chroma.get_collection(collection, embedding_function=None)
     rng = np.random.default_rng(1)
     vocab = [f"w{i:05d}x" for i in range(VOCAB)]
@@ -105,18 +90,16 @@ def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
         v = rng.standard_normal(DIM).astype(np.float32)
         queries.append((" ".join(vocab[i] for i in words(rng, 6)), (v / np.linalg.norm(v)).tolist()))
     n = max(rs.candidates, rs.k)
-    t_ours, t_raw, t_prop, t_dense, t_bm25 = [], [], [], [], []
+    t_ours, t_raw, t_dense, t_bm25 = [], [], [], []
     for i, (text, vec) in enumerate(queries):
         fake.vector = vec
         pair = []
-        for side in ((0, 1, 2) if i % 2 else (2, 1, 0)):
+        for side in ((0, 1) if i % 2 else (1, 0)):
             t0 = time.perf_counter()
             if side == 0:
                 ours.search(text)
-            elif side == 1:
-                coll.query(query_embeddings=[vec], n_results=n, include=["distances"])
             else:
-                proposed.search(text)
+                coll.query(query_embeddings=[vec], n_results=n, include=["distances"])
             pair.append((side, time.perf_counter() - t0))
         t0 = time.perf_counter()
         ours.dense(text, n)
@@ -125,10 +108,10 @@ def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
         t2 = time.perf_counter()
         if i >= 20:  # warm-up: first loads of the BM25 index and HNSW segments
             for side, dt in pair:
-                (t_ours, t_raw, t_prop)[side].append(dt * 1000)
+                (t_ours, t_raw)[side].append(dt * 1000)
             t_dense.append((t1 - t0) * 1000)
             t_bm25.append((t2 - t1) * 1000)
-    out = {"ours": t_ours, "raw": t_raw, "proposed": t_prop, "dense": t_dense, "bm25": t_bm25}
+    out = {"ours": t_ours, "raw": t_raw, "dense": t_dense, "bm25": t_bm25}
     if real_embedder is not None:
         real = HybridRetriever(embeddings=real_embedder, chroma=c.chroma, store=c.store,
                                bm25=c.bm25, collection=collection, settings=rs)
@@ -179,10 +162,6 @@ def main() -> None:
         rows.append(f"| {size:,} | fused search | {p50(t['ours']):.1f} / {pct(t['ours'], 95):.1f} | "
                     f"{p50(t['raw']):.1f} / {pct(t['raw'], 95):.1f} | {r50:.2f}× / {r95:.2f}× | "
                     f"{verdict(r95, 2.0, higher_is_better=False)} |")
-        q50, q95 = p50(t["proposed"]) / p50(t["raw"]), pct(t["proposed"], 95) / pct(t["raw"], 95)
-        rows.append(f"| {size:,} | fused, proposed `dense()` (no count) | {p50(t['proposed']):.1f} / "
-                    f"{pct(t['proposed'], 95):.1f} | (same raw) | {q50:.2f}× / {q95:.2f}× | "
-                    f"{verdict(q95, 2.0, higher_is_better=False)} |")
         if "ours+embed" in t:
             e50 = p50(t["ours+embed"]) / p50(t["raw+embed"])
             e95 = pct(t["ours+embed"], 95) / pct(t["raw+embed"], 95)
@@ -191,7 +170,7 @@ def main() -> None:
                         f"{pct(t['raw+embed'], 95):.1f} | {e50:.2f}× / {e95:.2f}× | |")
         notes.append(f"- {size:,} chunks ({built}): parts of ours, p50 / p95 ms: "
                      f"`dense()` {p50(t['dense']):.1f} / {pct(t['dense'], 95):.1f} (Chroma "
-                     f"get_collection + count + query), BM25 {p50(t['bm25']):.1f} / "
+                     f"get_collection + query), BM25 {p50(t['bm25']):.1f} / "
                      f"{pct(t['bm25'], 95):.1f}")
     rs = c.settings.retrieval
     body = "\n".join([

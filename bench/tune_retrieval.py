@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.evaluation import (  # noqa: E402
-    BM25_GRID,
+    COVERAGE_GRID,
     SIM_GRID,
     collect,
     doc_ranking,
@@ -87,9 +87,9 @@ def main() -> None:
         for name, fuse in (("default", {}), ("best", {k: best[k] for k in
                                                       ("rrf_k", "dense_weight", "bm25_weight", "candidates")})):
             bars[name] = []
-            for sim, bm in itertools.product(SIM_GRID, BM25_GRID):
-                rs = base.retrieval.model_copy(update={**fuse, "min_similarity": sim, "min_bm25": bm})
-                bars[name].append({"min_similarity": sim, "min_bm25": None if bm == float("inf") else bm,
+            for sim, cov in itertools.product(SIM_GRID, COVERAGE_GRID):
+                rs = base.retrieval.model_copy(update={**fuse, "min_similarity": sim, "min_coverage": cov})
+                bars[name].append({"min_similarity": sim, "min_coverage": cov,
                                    **threshold_rates(answerable, data.qrels, unanswerable, kinds,
                                                      prepared.chunk_doc, rs)})
         sims = {q: c.top_similarity for q, c in {**answerable, **unanswerable}.items()}

@@ -51,13 +51,10 @@ def beir(tmp_path):
     return folder
 
 
-def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path, monkeypatch):
-    # A bar this six-document corpus clears for every answerable query (its one-line documents
-    # score lower than real chunks), so "nothing found" must be exactly 0 here.
-    monkeypatch.setenv("LOCALCAT_RETRIEVAL__MIN_SIMILARITY", "0.2")
-    monkeypatch.setenv("LOCALCAT_RETRIEVAL__MIN_BM25", "3")
+def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path):
     from assistant.container import Container
     from assistant.evaluation import Candidates, eval_command, rank
+    from assistant.retriever import COVERAGE_DEPTH
     from assistant.settings import Settings
 
     work = tmp_path / "work"
@@ -87,7 +84,10 @@ def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path, m
     rs = settings.retrieval
     n = max(rs.candidates, rs.k)
     for text, _ in [*QUERIES.values(), ("quantum chromodynamics of neutron stars", None)]:
-        cands = Candidates(retriever.dense(text, n), c.bm25.search(report["collection"], text, n))
+        lexical = c.bm25.search(report["collection"], text, n)
+        top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
+        cands = Candidates(retriever.dense(text, n), lexical,
+                           c.bm25.coverage(report["collection"], text, top))
         assert rank(cands, rs)[: rs.k] == [d.id for d in retriever.search(text)]
 
     # A second run over the kept work dir re-embeds nothing.

@@ -65,13 +65,15 @@ def test_doc_ranking_keeps_each_documents_best_chunk():
 
 
 def test_rank_fuses_like_the_retriever_and_modes_switch_a_side_off():
-    rs = RetrievalSettings(rrf_k=60, candidates=20, min_similarity=0.3, min_bm25=5.0)
-    c = Candidates(dense=[("a", 0.5), ("b", 0.4), ("c", 0.1)], lexical=[("c", 9.0), ("d", 1.0)])
+    rs = RetrievalSettings(rrf_k=60, candidates=20, min_similarity=0.3, min_coverage=0.7)
+    c = Candidates(dense=[("a", 0.5), ("b", 0.4), ("c", 0.1)], lexical=[("c", 9.0), ("d", 1.0)],
+                   coverage=0.8)
     # fused: a = 1/61, b = 1/62, c = 1/63 + 1/61, d = 1/62 → c, a, then b/d tie in insertion order
     assert rank(c, unfiltered(rs)) == ["c", "a", "b", "d"]
-    # The bar is per question: once the best chunk passes, the fused order decides, weak ones too.
+    # The bar is per question: once it passes, the fused order decides, weak chunks too; the
+    # words of the top BM25 hits (coverage 0.8 >= 0.7) carry a question the dense side doubts.
     assert rank(c, rs) == ["c", "a", "b", "d"]
-    assert rank(c, rs.model_copy(update={"min_similarity": 0.6, "min_bm25": 9.5})) == []
+    assert rank(c, rs.model_copy(update={"min_similarity": 0.6, "min_coverage": 0.9})) == []
     assert rank(c, rs.model_copy(update={"min_similarity": 0.6})) == ["c", "a", "b", "d"]
     assert rank(c, unfiltered(mode_settings(rs, "dense"))) == ["a", "b", "c"]
     assert rank(c, unfiltered(mode_settings(rs, "bm25"))) == ["c", "d"]
@@ -83,10 +85,11 @@ def test_rank_fuses_like_the_retriever_and_modes_switch_a_side_off():
 
 
 def test_threshold_rates_count_nothing_found_and_off_topic_hits():
-    rs = RetrievalSettings(k=1, min_similarity=0.3, min_bm25=5.0)
+    rs = RetrievalSettings(k=1, min_similarity=0.3, min_coverage=0.7)
     answerable = {"q1": Candidates([("a", 0.6)], []), "q2": Candidates([("x", 0.1)], [])}
     qrels = {"q1": {"A": 1}, "q2": {"B": 1}}
-    unanswerable = {"u1": Candidates([("x", 0.2)], [("x", 6.0)]), "u2": Candidates([("x", 0.1)], [])}
+    unanswerable = {"u1": Candidates([("x", 0.2)], [("x", 6.0)], coverage=0.75),
+                    "u2": Candidates([("x", 0.1)], [("x", 6.0)], coverage=0.5)}
     rates = threshold_rates(answerable, qrels, unanswerable, {"u1": "off", "u2": "off"},
                             {"a": "A", "x": "X"}, rs)
     assert rates == {"nothing_found": 0.5, "answer_in_top_k": 0.5, "retrieved[off]": 0.5}
