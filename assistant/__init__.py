@@ -1,1 +1,1 @@
-"""question → retrieve → prompt → model → answer + citations → feedback."""
+"""question → retrieve (dense + BM25, fused) → prompt → model → answer + citations → feedback."""

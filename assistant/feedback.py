@@ -14,9 +14,9 @@ from typing import Any, Literal, TextIO
 
 from pydantic import BaseModel, Field
 
-from assistant.errors import BadRequest
-from assistant.schemas import Answer
-from assistant.sqlite import Database, Migration, migrate, migrations  # noqa: F401 - re-exported
+from core.errors import BadRequest
+from core.schemas import Answer
+from core.sqlite import Database, Migration, migrate, migrations  # noqa: F401 - re-exported
 
 MAX_TEXT_CHARS = 20_000
 MAX_USER_CHARS = 200

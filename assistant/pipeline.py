@@ -13,19 +13,20 @@ from dataclasses import dataclass
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 
-from assistant.errors import LocalCatError
-from assistant.prompt import (
+from assistant.retriever import HybridRetriever
+from core.errors import LocalCatError
+from core.prompt import (
     ANSWER_PROMPT,
     CONDENSE_PROMPT,
     NOT_FOUND,
     PROMPT_VERSION,
     format_context,
+    history_messages,
 )
-from assistant.retriever import HybridRetriever
-from assistant.schemas import Answer, Citation, Message, new_answer_id
+from core.schemas import Answer, Citation, Message, new_answer_id
 
 _CITE = re.compile(r"\[(\d+)\]")
 SNIPPET_CHARS = 300
@@ -70,16 +71,13 @@ def _snippet(text: str) -> str:
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
 
 
-def _messages(history: list[Message], turns: int) -> list[BaseMessage]:
-    kept = [m for m in history if m.role in ("user", "assistant")][-turns:] if turns else []
-    return [HumanMessage(m.content) if m.role == "user" else AIMessage(m.content) for m in kept]
-
-
 class RagPipeline:
     def __init__(self, llm: BaseChatModel, retriever: HybridRetriever, *, model_tag: str,
                  condense: bool = True, history_turns: int = 6,
-                 translate_error: Callable[[BaseException], LocalCatError | None] | None = None):
+                 translate_error: Callable[[BaseException], LocalCatError | None] | None = None,
+                 on_answer: Callable[[Answer], None] | None = None):
         self.llm = llm
+        self.on_answer = on_answer
         self.translate_error = translate_error
         self.retriever = retriever
         self.model_tag = model_tag
@@ -113,7 +111,7 @@ class RagPipeline:
     def stream(self, question: str, history: list[Message] | None = None, *,
                answer_id: str | None = None) -> Iterator[Event]:
         history = history or []
-        msgs = _messages(history, self.history_turns)
+        msgs = history_messages(history, self.history_turns)
         standalone = self.standalone(question, msgs)
         docs = self.retriever.invoke(standalone)
         citations = citations_for(docs)
@@ -136,11 +134,14 @@ class RagPipeline:
         cited = {int(n) for n in _CITE.findall(text)}
         for c in citations:
             c.cited = c.n in cited
-        yield Done(Answer(
+        answer = Answer(
             id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
             collection=self.retriever.collection, answer=text, citations=citations,
             grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
-        ))
+        )
+        if self.on_answer is not None:  # recorded before anyone can rate it
+            self.on_answer(answer)
+        yield Done(answer)
 
     def ask(self, question: str, history: list[Message] | None = None, *,
             answer_id: str | None = None) -> Answer:

@@ -3,13 +3,17 @@ reciprocal rank, texts read from the chunk store."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from assistant.settings import RetrievalSettings
-from assistant.vectorstore import BM25Index, ChunkStore
+from core.bm25 import BM25Index
+from core.chroma import VectorStore
+from core.chunkstore import ChunkStore
+from core.settings import RetrievalSettings
 
 COVERAGE_DEPTH = 3  # BM25 hits checked for the query's terms when the dense side is not sure
 
@@ -23,6 +27,29 @@ def rrf(rankings: list[tuple[list[str], float]], k: int) -> dict[str, float]:
     return fused
 
 
+def fuse(dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]],
+         coverage: Callable[[], float], rs: RetrievalSettings) -> list[tuple[str, float]]:
+    """The ranking: (chunk id, fused score) best first, or [] when the relevance bar turns the
+    question away. The one definition, used by the retriever and by ``localcat eval``.
+
+    ``dense`` is (id, cosine) and ``lexical`` (id, BM25 score), best first; a side with weight 0
+    counts as empty; RRF runs over each side's first max(candidates, k) hits. The bar: nothing
+    unless the best cosine reaches min_similarity or ``coverage()`` (the query-term coverage of
+    the top BM25 hits, asked only when needed) reaches min_coverage.
+    """
+    n = max(rs.candidates, rs.k)
+    dense = dense[:n] if rs.dense_weight > 0 else []
+    lexical = lexical[:n] if rs.bm25_weight > 0 else []
+    # The bar decides whether the documents speak to the question at all; once they do, the
+    # fused order decides what the model sees (a chunk weak in one ranking may top the other).
+    best_dense = max((sim for _, sim in dense), default=-1.0)
+    if best_dense < rs.min_similarity and (coverage() if lexical else 0.0) < rs.min_coverage:
+        return []
+    fused = rrf([([i for i, _ in dense], rs.dense_weight), ([i for i, _ in lexical], rs.bm25_weight)],
+                rs.rrf_k)
+    return sorted(fused.items(), key=lambda item: item[1], reverse=True)
+
+
 class HybridRetriever(BaseRetriever):
     """Returns up to ``settings.k`` relevant chunks, best first.
 
@@ -34,7 +61,7 @@ class HybridRetriever(BaseRetriever):
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
     embeddings: object
-    chroma: object
+    vectors: VectorStore
     store: ChunkStore
     bm25: BM25Index
     collection: str
@@ -46,34 +73,18 @@ class HybridRetriever(BaseRetriever):
         return self.search(query)
 
     def dense(self, query: str, n: int) -> list[tuple[str, float]]:
-        coll = self.chroma.get_collection(self.collection, embedding_function=None)
-        # No count() first: it cost 14 of 18 ms per query at 100k chunks, and Chroma already
-        # returns what there is when n_results exceeds it.
-        res = coll.query(
-            query_embeddings=[self.embeddings.embed_query(query)],
-            n_results=n,
-            include=["distances"],
-        )
-        return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
+        return self.vectors.search(self.collection, self.embeddings.embed_query(query), n)
 
     def search(self, query: str, k: int | None = None) -> list[Document]:
         s = self.settings
         n = max(s.candidates, k or s.k)
         dense = self.dense(query, n) if s.dense_weight > 0 else []
         lexical = self.bm25.search(self.collection, query, n) if s.bm25_weight > 0 else []
-        similarity = dict(dense)
-        bm25 = dict(lexical)
-        fused = rrf([([i for i, _ in dense], s.dense_weight), ([i for i, _ in lexical], s.bm25_weight)],
-                    s.rrf_k)
-        # The bar decides whether the documents speak to the question at all; once they do, the
-        # fused order decides what the model sees (a chunk weak in one ranking may top the other).
-        best_dense = max(similarity.values(), default=-1.0)
-        if best_dense < s.min_similarity and (
-            self.bm25.coverage(self.collection, query, [i for i, _ in lexical[:COVERAGE_DEPTH]])
-            < s.min_coverage
-        ):
-            return []
-        relevant = sorted(fused, key=fused.__getitem__, reverse=True)
+        top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
+        ranked = fuse(dense, lexical, lambda: self.bm25.coverage(self.collection, query, top),
+                      s if k is None else s.model_copy(update={"k": k}))
+        similarity, bm25, fused = dict(dense), dict(lexical), dict(ranked)
+        relevant = [i for i, _ in ranked]
         chunks = self.store.chunks(self.collection, relevant[: (k or s.k) * 2])
         docs = []
         for chunk_id in relevant:

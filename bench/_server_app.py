@@ -22,8 +22,8 @@ def ours_app(with_ui: bool):
     from langchain_core.language_models import GenericFakeChatModel
     from langchain_core.messages import AIMessage
 
-    from assistant.container import Container
-    from assistant.server import create_app
+    from localcat.container import Container
+    from localcat.server import create_app
 
     class FakeModelContainer(Container):
         def chat_model(self, model=None):

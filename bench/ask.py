@@ -34,9 +34,9 @@ def main() -> None:
     os.environ.update(LOCALCAT_DATA_DIR=str(data), LOCALCAT_LLM__RUNTIME="embedded",
                       LOCALCAT_LLM__TEMPERATURE="0")
 
-    from assistant.container import Container
     from assistant.pipeline import Done, Sources, Token
-    from assistant.prompt import ANSWER_PROMPT, format_context
+    from core.prompt import ANSWER_PROMPT, format_context
+    from localcat.container import Container
 
     c = Container()
     c.indexer.ingest([REPO / "samples"], "default")

@@ -52,8 +52,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not append to BENCHMARKS.md")
     args = ap.parse_args()
 
-    from assistant.container import Container
-    from assistant.settings import Settings
+    from core.settings import Settings
+    from localcat.container import Container
 
     tmp = Path(tempfile.mkdtemp(prefix="localcat-bench-ingest-"))
     docs = materialise(args.corpus, tmp / "docs", args.docs)

@@ -39,7 +39,7 @@ def main() -> None:
     from langchain_core.retrievers import BaseRetriever
 
     from assistant.pipeline import RagPipeline, Token
-    from assistant.prompt import ANSWER_PROMPT, format_context
+    from core.prompt import ANSWER_PROMPT, format_context
 
     docs = [
         Document(page_content=("Every employee gets 27 vacation days per calendar year. " * 8).strip(),

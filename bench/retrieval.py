@@ -48,13 +48,13 @@ def words(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def build(c, collection: str, n: int, seed: int = 0) -> float:
     """Fill a collection with n synthetic chunks through our store; returns seconds taken."""
-    from assistant.schemas import Chunk
+    from core.schemas import Chunk
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i:05d}x" for i in range(VOCAB)])
     c.store.ensure_collection(collection, "synthetic", DIM)
-    coll = c.chroma.get_or_create_collection(collection, metadata={"hnsw:space": "cosine"},
+    coll = c.vectors.client.get_or_create_collection(collection, metadata={"hnsw:space": "cosine"},
                                              embedding_function=None)
     per_file = 1000
     for start in range(0, n, per_file):
@@ -79,10 +79,10 @@ def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
 
     rs = c.settings.retrieval
     fake = FixedQueryEmbeddings()
-    parts = {"embeddings": fake, "chroma": c.chroma, "store": c.store, "bm25": c.bm25,
+    parts = {"embeddings": fake, "vectors": c.vectors, "store": c.store, "bm25": c.bm25,
              "collection": collection, "settings": rs}
     ours = HybridRetriever(**parts)
-    coll = c.chroma.get_collection(collection, embedding_function=None)
+    coll = c.vectors.client.get_collection(collection, embedding_function=None)
     rng = np.random.default_rng(1)
     vocab = [f"w{i:05d}x" for i in range(VOCAB)]
     queries = []
@@ -113,7 +113,7 @@ def measure(c, collection: str, n_queries: int, real_embedder) -> dict:
             t_bm25.append((t2 - t1) * 1000)
     out = {"ours": t_ours, "raw": t_raw, "dense": t_dense, "bm25": t_bm25}
     if real_embedder is not None:
-        real = HybridRetriever(embeddings=real_embedder, chroma=c.chroma, store=c.store,
+        real = HybridRetriever(embeddings=real_embedder, vectors=c.vectors, store=c.store,
                                bm25=c.bm25, collection=collection, settings=rs)
         t_real, t_real_raw = [], []
         for i, (text, _) in enumerate(queries[: min(100, n_queries) + 5]):
@@ -139,8 +139,8 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
-    from assistant.container import Container
-    from assistant.settings import Settings
+    from core.settings import Settings
+    from localcat.container import Container
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="localcat-bench-retrieval-"))
     c = Container(Settings().model_copy(update={"data_dir": work}))

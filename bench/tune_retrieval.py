@@ -5,7 +5,7 @@
 
 Each chunking config is ingested once by the real Indexer (cached in --work-dir, one collection
 per config); every query then takes its dense and BM25 candidates once (depth 50) and all fusion
-settings are ranked from them with ``assistant.evaluation.rank``, which orders and filters exactly
+settings are ranked from them with ``localcat.evaluation.rank``, which orders and filters exactly
 as ``HybridRetriever.search`` does.
 """
 
@@ -20,7 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from assistant.evaluation import (  # noqa: E402
+from core.settings import ChunkingSettings, Settings  # noqa: E402
+from localcat.evaluation import (  # noqa: E402
     COVERAGE_GRID,
     SIM_GRID,
     collect,
@@ -32,7 +33,6 @@ from assistant.evaluation import (  # noqa: E402
     threshold_rates,
     unfiltered,
 )
-from assistant.settings import ChunkingSettings, Settings  # noqa: E402
 
 RRF_K = (1, 5, 10, 20, 30, 60, 100)
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.75), (1.0, 0.5), (1.0, 0.35), (1.0, 0.25),

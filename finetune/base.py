@@ -7,7 +7,6 @@ formatter, its own tokenizer), so what the model learns is byte for byte what it
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -18,19 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from assistant.errors import ConfigError, LocalCatError, MissingDependency
-from assistant.settings import LLMSettings
+from core.errors import ConfigError, MissingDependency
+from core.gguf import file_sha256
+from core.settings import LLMSettings
 
 LLAMA_CPP_INSTALL = "./scripts/setup"
 FINETUNE_INSTALL = "./scripts/setup --finetune"
 
 Messages = Sequence[dict[str, str]]
-
-
-class BaseMismatch(LocalCatError):
-    """An adapter meets a base model other than the one it was trained on."""
-
-    status = 409
 
 
 def require(module: str, what: str, install: str = FINETUNE_INSTALL) -> Any:
@@ -41,21 +35,6 @@ def require(module: str, what: str, install: str = FINETUNE_INSTALL) -> Any:
         return importlib.import_module(module)
     except ImportError as err:
         raise MissingDependency(what, install) from err
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in this process."""
-    st = path.stat()
-    return _sha256(str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 def dir_sha256(path: Path) -> str:
@@ -94,7 +73,7 @@ class BaseRef:
 def resolve_base(spec: str | None, llm: LLMSettings) -> BaseRef:
     """The base named by ``spec`` (GGUF file, HF folder, ``ollama:NAME``), else the served model."""
     if spec is None:
-        from assistant.llm import smollm2_path
+        from core.llm import smollm2_path
 
         path = llm.model_path or smollm2_path()
         source = "llm.model_path" if llm.model_path else "embedded SmolLM2"

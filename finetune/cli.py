@@ -1,6 +1,6 @@
 """`localcat finetune …` (feedback → data set → LoRA → eval → export → register) and `localcat models`.
 
-Also runnable without the main CLI as ``python -m finetune``. Heavy parts (torch, unsloth, llama.cpp)
+Registered into the ``localcat`` group, which hands every command its parts. Heavy parts (torch, unsloth, llama.cpp)
 are imported by the step that needs them, so ``--help`` stays fast. Steps print progress and
 chatter on stderr; stdout carries only the result (JSON with ``--json``).
 """
@@ -17,19 +17,18 @@ from typing import Any
 
 import click
 
-from assistant.clikit import ErrorGroup
-from assistant.errors import BadRequest, ConfigError
+from core.clikit import ErrorGroup, parts
+from core.errors import BadRequest, ConfigError
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class Context:
-    """The settings and the parts a command needs, built on first use."""
+    """The container's settings and parts, with this command's finetune overrides."""
 
     def __init__(self, overrides: dict[str, Any] | None = None):
-        from assistant.settings import Settings
-
-        self.settings = Settings()
+        self.parts = parts()
+        self.settings = self.parts.settings
         self.ft = self.settings.finetune.model_copy(update={k: v for k, v in (overrides or {}).items() if v is not None})
 
     @property
@@ -66,9 +65,7 @@ class Context:
         return resolve_base(spec or self.ft.base, self.settings.llm)
 
     def registry(self):
-        from finetune.registry import ModelRegistry
-
-        return ModelRegistry(self.settings.models_dir)
+        return self.parts.registry
 
 
 @contextlib.contextmanager
@@ -121,15 +118,12 @@ def _train_options(f):
 
 
 def step_dataset(ctx: Context, run_dir: Path) -> dict[str, Any]:
-    from assistant.feedback import FeedbackStore
-    from assistant.vectorstore import ChunkStore
     from finetune.dataset import build_dataset
 
     s = ctx.settings
-    store = ChunkStore(s.index_db) if s.index_db.is_file() else None
-    with FeedbackStore(s.feedback_db) as feedback:
-        report = build_dataset(feedback, store, run_dir / "dataset", ctx.ft,
-                               history_turns=s.pipeline.history_turns, run=run_dir.name)
+    store = ctx.parts.store if s.index_db.is_file() else None
+    report = build_dataset(ctx.parts.feedback, store, run_dir / "dataset", ctx.ft,
+                           history_turns=s.pipeline.history_turns, run=run_dir.name)
     return report.as_dict()
 
 
@@ -166,7 +160,7 @@ def step_register(ctx: Context, run_dir: Path, base_spec: str | None, ollama: bo
 
     with _chatter_to_stderr():
         return register_run(
-            run_dir, ctx.base(base_spec), ctx.settings.models_dir,
+            run_dir, ctx.base(base_spec), ctx.registry(),
             ollama_host=ctx.settings.llm.ollama_host, ollama_prefix=ctx.ft.ollama_name,
             ollama=ollama, activate=activate, force=force,
         )
@@ -359,9 +353,7 @@ def models() -> None:
 @_json_option
 def models_list(as_json: bool) -> None:
     """List registered versions (* marks the one served)."""
-    registry = Context().registry()
-    versions = [v.as_dict() for v in registry.versions()]
-    registry.close()
+    versions = [v.as_dict() for v in Context().registry().versions()]
     if as_json:
         click.echo(json.dumps(versions, indent=2, default=str))
     elif not versions:
@@ -377,27 +369,12 @@ def models_list(as_json: bool) -> None:
 @click.argument("name")
 def models_use(name: str) -> None:
     """Serve version NAME (e.g. v3, or `base`) from the next start of the assistant."""
-    registry = Context().registry()
-    try:
-        version = registry.use(name)
-    finally:
-        registry.close()
+    version = Context().registry().use(name)
     click.echo(f"Serving {version.name if version else 'the base model'} from the next start.")
 
 
 @models.command(name="rollback")
 def models_rollback() -> None:
     """Serve again what was served before the last `models use` / registration."""
-    registry = Context().registry()
-    try:
-        version = registry.rollback()
-    finally:
-        registry.close()
+    version = Context().registry().rollback()
     click.echo(f"Rolled back: serving {version.name if version else 'the base model'} from the next start.")
-
-
-standalone = ErrorGroup(
-    name="finetune", commands={**finetune.commands, "models": models},
-    help=finetune.help, context_settings={"help_option_names": ["-h", "--help"]},
-)
-"""``python -m finetune``: the finetune subcommands plus ``models``."""

@@ -30,9 +30,9 @@ from typing import Any, Literal
 
 from langchain_core.documents import Document
 
-from assistant.errors import LocalCatError
-from assistant.schemas import Answer
-from finetune.settings import FinetuneSettings
+from core.errors import LocalCatError
+from core.schemas import Answer
+from core.settings import FinetuneSettings
 
 Split = Literal["train", "val", "test"]
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
@@ -106,9 +106,8 @@ class PromptBuilder:
 
     def messages(self, answer: Answer) -> tuple[list[dict[str, str]], str]:
         """(llama.cpp messages, how the context was rebuilt: 'chunks', 'snapshot' or 'mixed')."""
-        from assistant.llm import _to_llama_messages
-        from assistant.pipeline import _messages
-        from assistant.prompt import ANSWER_PROMPT, format_context
+        from core.llm import to_llama_messages
+        from core.prompt import ANSWER_PROMPT, format_context, history_messages
 
         chunks = self._chunks(answer)
         docs, found = [], 0
@@ -126,10 +125,10 @@ class PromptBuilder:
         # same prompt template, the same conversion to llama.cpp's messages.
         prompt = ANSWER_PROMPT.format_messages(
             context=format_context(docs),
-            history=_messages(answer.history, self.history_turns),
+            history=history_messages(answer.history, self.history_turns),
             question=answer.question,
         )
-        return _to_llama_messages(prompt), how
+        return to_llama_messages(prompt), how
 
     def _chunks(self, answer: Answer) -> dict[str, Any]:
         if self.store is None or not answer.citations:
@@ -151,7 +150,7 @@ def iter_examples(
     report: DatasetReport,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """('sft' | 'kto', row) for each usable verdict, counting what is dropped and why."""
-    from assistant.prompt import PROMPT_VERSION
+    from core.prompt import PROMPT_VERSION
 
     dropped: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()

@@ -21,11 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from assistant.errors import ConfigError
-from finetune.base import BaseMismatch, BaseRef, Vocab, hf_weights, require
+from core.errors import ConfigError
+from core.gguf import BaseMismatch
+from core.settings import FinetuneSettings
+from finetune.base import BaseRef, Vocab, hf_weights, require
 from finetune.dataset import read_jsonl
 from finetune.modelfile import stop_markers
-from finetune.settings import FinetuneSettings
 from finetune.train import MANIFEST, Example, run_paths, tokenize_rows
 
 _TOKEN = re.compile(r"\[\d+\]|\w+")

@@ -15,20 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from assistant.errors import LocalCatError, MissingDependency
-from finetune.base import BaseMismatch, BaseRef, Vocab, file_sha256, hf_weights, require
+from core.errors import LocalCatError, MissingDependency
+from core.gguf import AdapterCorrupt, check_lora_gguf, file_sha256
+from core.settings import FinetuneSettings
+from finetune.base import BaseRef, Vocab, hf_weights
 from finetune.evaluate import check_base, read_manifest
 from finetune.modelfile import render_modelfile
-from finetune.settings import FinetuneSettings
 from finetune.train import MANIFEST, run_paths
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", MANIFEST)
-
-
-class AdapterCorrupt(LocalCatError):
-    """An adapter file that cannot be read (truncated, overwritten, or not an adapter)."""
-
-    status = 422
 
 
 def llama_cpp_tools(ft: FinetuneSettings) -> Path:
@@ -60,52 +55,6 @@ def check_safetensors(path: Path) -> None:
             f"The adapter {path} is damaged or not a safetensors file ({err})",
             "train it again (`localcat finetune train --restart`)",
         ) from err
-
-
-def check_lora_gguf(path: Path, base: Path | None = None) -> None:
-    """A readable GGUF LoRA adapter (that fits ``base``, when given), or a clear error.
-
-    Checked here because llama-cpp-python 0.3.36 does not: when llama.cpp fails to apply an
-    adapter (damaged file, other base: "tensor ... has incorrect shape") it logs the failure and
-    loads the base alone, so the model would silently answer without its fine-tune.
-    """
-    gguf = require("gguf", "The gguf package")
-    redo = "export it again with `localcat finetune export`"
-    try:
-        reader = gguf.GGUFReader(str(path))
-        kind = _field(reader, "general.type"), _field(reader, "adapter.type")
-        tensors = {t.name: [int(n) for n in t.shape] for t in reader.tensors}
-    except FileNotFoundError as err:
-        raise AdapterCorrupt(f"The adapter {path} is missing", redo) from err
-    except (ValueError, OSError, IndexError, KeyError) as err:
-        # GGUFReader cannot map a truncated or overwritten file onto its own header.
-        raise AdapterCorrupt(f"The adapter {path} is damaged ({err})", redo) from err
-    if kind != ("adapter", "lora") or not tensors:
-        raise AdapterCorrupt(f"{path} is not a GGUF LoRA adapter (it is {kind[0] or 'unknown'})", redo)
-    if base is None:
-        return
-    try:
-        shapes = {t.name: [int(n) for n in t.shape] for t in gguf.GGUFReader(str(base)).tensors}
-    except (ValueError, OSError) as err:
-        raise AdapterCorrupt(f"The base model {base} cannot be read ({err})",
-                             "check the base model file") from err
-    for name, shape in tensors.items():
-        target, _, part = name.rpartition(".lora_")
-        want = shapes.get(target)
-        # ggml lists dimensions inner first: A is [in, r], B is [r, out], the weight [in, out].
-        fits = want is not None and (shape[0] == want[0] if part == "a" else shape[-1] == want[-1])
-        if not fits:
-            raise BaseMismatch(
-                f"The adapter {path.name} does not fit {base.name}: {target} is "
-                f"{want or 'missing'} there (adapter tensor {name} {shape})",
-                "it was trained on another base model: register it with that base, or train "
-                "again on this one",
-            )
-
-
-def _field(reader, key: str) -> str | None:
-    field = reader.fields.get(key)
-    return None if field is None else str(field.contents())
 
 
 def export(run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 from finetune.base import ChatTemplate, Messages
 
 _PROBE = {"system": "LcPrbSys", "user": "LcPrbUsrA", "assistant": "LcPrbAst"}

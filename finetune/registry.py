@@ -1,6 +1,6 @@
 """The model registry: fine-tuned versions, which one the assistant serves, and how to go back.
 
-SQLite as every LocalCat store uses it (``assistant.sqlite``: WAL, numbered migrations). A version
+SQLite as every LocalCat store uses it (``core.sqlite``: WAL, numbered migrations). A version
 keeps copies of its artifacts under ``models_dir/<name>/`` (the run folder may be deleted), their
 checksums, its data set, metrics, parent and base. Activations are a log, so ``rollback`` returns to whatever was
 served before, the base model included.
@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assistant.errors import BadRequest, ConfigError, LocalCatError
-from assistant.sqlite import Database, migrations
+from core.errors import BadRequest, ConfigError, LocalCatError
+from core.settings import LLMSettings
+from core.sqlite import Database, migrations
 
 REGISTRY_FILE = "registry.sqlite"
 MIGRATIONS, _migration = migrations()
@@ -202,8 +203,7 @@ class ModelRegistry(Database):
 
 def verify(version: Version) -> None:
     """The version's base and adapter are on disk and unchanged, or a clear error."""
-    from finetune.base import BaseMismatch, file_sha256
-    from finetune.export import AdapterCorrupt, check_lora_gguf
+    from core.gguf import AdapterCorrupt, BaseMismatch, check_lora_gguf, file_sha256
 
     base = Path(version.base_path)
     if not base.is_file():
@@ -229,7 +229,7 @@ def verify(version: Version) -> None:
         )
 
 
-def served_llm_settings(settings: Any) -> Any:
+def served_llm_settings(llm: LLMSettings, registry: ModelRegistry | None) -> LLMSettings:
     """``settings.llm`` with the active version applied: what the assistant should serve.
 
     The active version sets the embedded runtime's base and ``lora_path`` and, when it was
@@ -237,15 +237,7 @@ def served_llm_settings(settings: Any) -> Any:
     ``localcat.toml``) win, except that an explicit ``model_path`` other than the version's base
     is refused: its adapter would be applied to the wrong model.
     """
-    llm = settings.llm
-    path = Path(settings.models_dir) / REGISTRY_FILE
-    if not path.is_file():
-        return llm
-    registry = ModelRegistry(Path(settings.models_dir))
-    try:
-        version = registry.active()
-    finally:
-        registry.close()
+    version = registry.active() if registry is not None else None
     if version is None:
         return llm
     explicit = llm.model_fields_set
@@ -254,7 +246,7 @@ def served_llm_settings(settings: Any) -> Any:
         if "model_path" in explicit and llm.model_path is not None and (
             Path(llm.model_path).resolve() != Path(version.base_path).resolve()
         ):
-            from finetune.base import BaseMismatch
+            from core.gguf import BaseMismatch
 
             raise BaseMismatch(
                 f"The active model version {version.name} adapts {version.base_path}, but "
@@ -270,7 +262,7 @@ def served_llm_settings(settings: Any) -> Any:
 
 
 def register_run(
-    run_dir: Path, base: Any, models_dir: Path, *, ollama_host: str, ollama_prefix: str,
+    run_dir: Path, base: Any, registry: ModelRegistry, *, ollama_host: str, ollama_prefix: str,
     ollama: bool | None = None, activate: bool = True, force: bool = False,
 ) -> dict[str, Any]:
     """Register a run's exported adapter as a new version; returns what was done.
@@ -279,7 +271,7 @@ def register_run(
     and one llama.cpp cannot load. ``ollama``: True registers in Ollama too, None does when an
     Ollama answers at ``ollama_host``, False never.
     """
-    from assistant.llm import AUTO_PROBE_S, ollama_status
+    from core.llm import AUTO_PROBE_S, ollama_status
     from finetune.evaluate import check_base, read_manifest
     from finetune.train import run_paths
 
@@ -300,35 +292,30 @@ def register_run(
         raise NotPromoted(f"The adapter of {run_dir.name} {report['reason']}",
                           "collect more feedback and train again, or register it anyway with --force")
     gguf = paths["export"] / "adapter.gguf"
-    from finetune.base import file_sha256
-    from finetune.export import AdapterCorrupt, check_lora_gguf
+    from core.gguf import AdapterCorrupt, check_lora_gguf, file_sha256
 
     check_lora_gguf(gguf, base.path)
     if file_sha256(gguf) != exported["sha256"]["adapter.gguf"]:
         raise AdapterCorrupt(f"{gguf} changed since it was exported (checksum differs)",
                              f"export it again: `localcat finetune export --run {run_dir.name}`")
     dataset = json.loads((paths["dataset"] / "report.json").read_text())
-    registry = ModelRegistry(models_dir)
-    try:
-        # Registering the same export again adds nothing; it may still add Ollama or activate.
-        version = registry.find(run_dir.name, exported["sha256"]["adapter.gguf"]) or registry.add(
-            run=run_dir.name, base=base.describe(), trainer=manifest["trainer"],
-            export_dir=paths["export"],
-            dataset={"run": dataset["run"], "sha256": dataset["sha256"], "sft": dataset["sft"],
-                     "kto": dataset["kto"]},
-            metrics=(report or {}).get("metrics", {}),
-            status="promoted" if report is not None and report["promoted"] else "forced",
-            sha256=exported["sha256"],
-        )
-        if ollama or (ollama is None and ollama_status(ollama_host, AUTO_PROBE_S) is not None):
-            name = f"{ollama_prefix}-{base.slug}:{version.name}"
-            ollama_register(version, ollama_host, name)
-            registry.set_ollama(version.name, name, ollama_host)
-        if activate:
-            registry.use(version.name)
-        return registry.get(version.name).as_dict()
-    finally:
-        registry.close()
+    # Registering the same export again adds nothing; it may still add Ollama or activate.
+    version = registry.find(run_dir.name, exported["sha256"]["adapter.gguf"]) or registry.add(
+        run=run_dir.name, base=base.describe(), trainer=manifest["trainer"],
+        export_dir=paths["export"],
+        dataset={"run": dataset["run"], "sha256": dataset["sha256"], "sft": dataset["sft"],
+                 "kto": dataset["kto"]},
+        metrics=(report or {}).get("metrics", {}),
+        status="promoted" if report is not None and report["promoted"] else "forced",
+        sha256=exported["sha256"],
+    )
+    if ollama or (ollama is None and ollama_status(ollama_host, AUTO_PROBE_S) is not None):
+        name = f"{ollama_prefix}-{base.slug}:{version.name}"
+        ollama_register(version, ollama_host, name)
+        registry.set_ollama(version.name, name, ollama_host)
+    if activate:
+        registry.use(version.name)
+    return registry.get(version.name).as_dict()
 
 
 # --- Ollama -----------------------------------------------------------------------------------------
@@ -370,7 +357,7 @@ def ollama_register(version: Version, host: str, name: str, timeout: float = 600
 def _blob(client: Any, host: str, path: Path) -> str:
     import httpx
 
-    from finetune.base import file_sha256
+    from core.gguf import file_sha256
 
     digest = f"sha256:{file_sha256(path)}"
     # HEAD /api/blobs/<digest> answers 200 when Ollama has the file: skip the upload.

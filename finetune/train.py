@@ -25,11 +25,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from assistant.errors import ConfigError, LocalCatError
+from core.errors import ConfigError, LocalCatError
+from core.settings import FinetuneSettings
 from finetune.base import BaseRef, Vocab, hf_weights, require
 from finetune.dataset import read_jsonl
 from finetune.modelfile import stop_markers
-from finetune.settings import FinetuneSettings
 
 MANIFEST = "localcat-adapter.json"
 UNSLOTH_INSTALL = "./scripts/setup --finetune"
@@ -110,7 +110,7 @@ def import_unsloth() -> Any:
 
 
 def require_error(what: str) -> LocalCatError:
-    from assistant.errors import MissingDependency
+    from core.errors import MissingDependency
 
     return MissingDependency(what, UNSLOTH_INSTALL + "  (or train with --trainer peft)")
 

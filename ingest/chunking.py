@@ -7,7 +7,7 @@ import re
 from langchain_core.documents import Document
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 
 # A fenced code block: opening ``` or ~~~ (3+), anything, a closing fence of the same kind.
 _FENCED = re.compile(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from assistant.schemas import IngestReport
+from core.clikit import parts
+from core.schemas import IngestReport
 
 _STATUS_COLOUR = {"added": "green", "updated": "cyan", "removed": "yellow", "failed": "red"}
 
@@ -66,10 +67,9 @@ def ingest(
     """
     from tqdm import tqdm
 
-    from assistant.cli import container
     from ingest.index import Progress
 
-    c = container()
+    c = parts()
     name = collection or c.settings.chroma.collection
     bar = tqdm(total=0, unit="file", file=sys.stderr, disable=quiet, desc=f"ingest → {name}")
 
@@ -98,9 +98,7 @@ def ingest(
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 def remove(paths: tuple[str, ...], collection: str | None, as_json: bool) -> None:
     """Remove files from a collection (by the path they were ingested from)."""
-    from assistant.cli import container
-
-    c = container()
+    c = parts()
     report = c.indexer.remove(paths, collection or c.settings.chroma.collection)
     _print_report(report, as_json, verbose=True)
 
@@ -112,9 +110,7 @@ def collections(ctx: click.Context, as_json: bool) -> None:
     """List collections with their file and chunk counts."""
     if ctx.invoked_subcommand:
         return
-    from assistant.cli import container
-
-    rows = container().store.collections()
+    rows = parts().store.collections()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -131,7 +127,5 @@ def collections(ctx: click.Context, as_json: bool) -> None:
 @click.confirmation_option(prompt="Delete this collection and its index?")
 def delete_collection(name: str) -> None:
     """Delete collection NAME (vectors, chunk texts, BM25 index). Source files are untouched."""
-    from assistant.cli import container
-
-    container().indexer.drop_collection(name)
+    parts().indexer.drop_collection(name)
     click.echo(f"Deleted collection {name!r}.")

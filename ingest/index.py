@@ -9,22 +9,22 @@ clean ingest gives. Retrieval reads text from SQLite, so stray vectors are never
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from assistant.errors import BadFile
-from assistant.schemas import Chunk, FileResult, IngestReport
-from assistant.settings import Settings
-from assistant.vectorstore import BM25Index, ChunkStore, check_collection_name
+from core.bm25 import BM25Index
+from core.chroma import VectorStore
+from core.chunkstore import ChunkStore, check_collection_name
+from core.errors import BadFile
+from core.schemas import Chunk, FileResult, IngestReport, chunk_id
+from core.settings import Settings
 from ingest.chunking import chunk_sections
 from ingest.loaders import iter_files, load_file
 
-# Chroma rejects adds above its max batch size (~5k); stay well below.
-_CHROMA_BATCH = 1000
 # Files are embedded and written together until their chunks reach this.
 _EMBED_BATCH = 256
 
@@ -47,11 +47,6 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def chunk_id(path: str, content_hash: str, position: int) -> str:
-    """Derived from what the chunk is, so re-ingesting the same content yields the same ids."""
-    return hashlib.sha256(f"{path}\0{content_hash}\0{position}".encode()).hexdigest()[:32]
-
-
 @dataclass
 class Progress:
     """Callbacks for a UI: a file started, chunks embedded, a file finished."""
@@ -63,10 +58,11 @@ class Progress:
 class Indexer:
     """Writes documents into one collection; the only writer of the chunk store and Chroma."""
 
-    def __init__(self, settings: Settings, embeddings, chroma, store: ChunkStore, bm25: BM25Index):
+    def __init__(self, settings: Settings, embeddings, vectors: VectorStore, store: ChunkStore,
+                 bm25: BM25Index):
         self.settings = settings
         self.embeddings = embeddings
-        self.chroma = chroma
+        self.vectors = vectors
         self.store = store
         self.bm25 = bm25
 
@@ -76,12 +72,11 @@ class Indexer:
         c = self.settings.chunking
         return f"emb={self.embeddings.name};size={c.chunk_size};overlap={c.chunk_overlap}"
 
-    def _collection(self, name: str):
+    def _collection(self, name: str) -> None:
         check_collection_name(name)
         self.store.ensure_collection(name, self.embeddings.name, lambda: self.embeddings.dimension)
-        return self.chroma.get_or_create_collection(
-            name, metadata={"hnsw:space": "cosine"}, embedding_function=None
-        )
+        self.vectors.create(name)
+        self.finish_migration(name)
 
     def ingest(
         self,
@@ -93,7 +88,7 @@ class Indexer:
     ) -> IngestReport:
         progress = progress or Progress()
         started = time.perf_counter()
-        coll = self._collection(collection)
+        self._collection(collection)
         report = IngestReport(collection=collection)
         paths = [Path(p).expanduser().resolve() for p in paths]
 
@@ -127,10 +122,10 @@ class Indexer:
                 continue
             batch.append(prepared)
             if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH:
-                for result in self._write(batch, collection, coll):
+                for result in self._write(batch, collection):
                     done(result)
                 batch = []
-        for result in self._write(batch, collection, coll):
+        for result in self._write(batch, collection):
             done(result)
 
         if prune:
@@ -140,7 +135,7 @@ class Indexer:
                     continue
                 if Path(rec.path).exists() and rec.state == "done":
                     continue  # still there, just unsupported now or hidden: leave it
-                self._remove(rec.path, collection, coll)
+                self._remove(rec.path, collection)
                 report.files.append(FileResult(path=rec.path, status="removed", chunks=rec.chunks))
         self.refresh_bm25(collection)
         report.seconds = time.perf_counter() - started
@@ -164,7 +159,7 @@ class Indexer:
             return FileResult(path=key, status="failed", reason=f"{type(exc).__name__}: {exc}")
         return _Prepared(key, digest, old is not None, chunks)
 
-    def _write(self, batch: list[_Prepared], collection: str, coll) -> list[FileResult]:
+    def _write(self, batch: list[_Prepared], collection: str) -> list[FileResult]:
         """Embed several files' chunks in one call and write them with few Chroma calls.
 
         One encode and one add per batch instead of per file: a Chroma add costs ~40 ms whatever
@@ -180,18 +175,11 @@ class Indexer:
                 reason = f"cannot embed: {type(exc).__name__}: {exc}"
                 return [FileResult(path=batch[0].key, status="failed", reason=reason)]
             # Find the file that breaks the encoder and let the others through.
-            return [r for p in batch for r in self._write([p], collection, coll)]
+            return [r for p in batch for r in self._write([p], collection)]
         for p in batch:
             self.store.mark_pending(collection, p.key, p.digest, self.config_key)
-        coll.delete(where={"source": {"$in": [p.key for p in batch]}})
-        chunks = [c for p in batch for c in p.chunks]
-        for i in range(0, len(chunks), _CHROMA_BATCH):
-            part = chunks[i : i + _CHROMA_BATCH]
-            coll.add(
-                ids=[c.id for c in part],
-                embeddings=vectors[i : i + _CHROMA_BATCH],
-                metadatas=[_metadata(c) for c in part],
-            )
+        self.vectors.delete_sources(collection, [p.key for p in batch])
+        self.vectors.upsert(collection, [c for p in batch for c in p.chunks], vectors)
         results = []
         for p in batch:
             self.store.commit_file(collection, p.key, p.digest, self.config_key, p.chunks)
@@ -213,9 +201,15 @@ class Indexer:
                 "split the file or raise LOCALCAT_INGEST__MAX_CHUNKS_PER_FILE",
             )
         key = str(path)
+        seen: Counter[str] = Counter()
+
+        def occurrence(text: str) -> int:
+            seen[text] += 1
+            return seen[text] - 1
+
         return [
             Chunk(
-                id=chunk_id(key, digest, i),
+                id=chunk_id(key, d.page_content, occurrence(d.page_content)),
                 text=d.page_content,
                 source=key,
                 file_hash=digest,
@@ -227,14 +221,14 @@ class Indexer:
             for i, d in enumerate(docs)
         ]
 
-    def _remove(self, path: str, collection: str, coll) -> None:
-        coll.delete(where={"source": path})
+    def _remove(self, path: str, collection: str) -> None:
+        self.vectors.delete_sources(collection, [path])
         self.store.remove_file(collection, path)
 
     def remove(self, paths: Iterable[str], collection: str) -> IngestReport:
         """Forget files (by their ingested path) from a collection."""
         self.store.require_collection(collection)
-        coll = self._collection(collection)
+        self._collection(collection)
         report = IngestReport(collection=collection)
         for p in paths:
             key = str(Path(p).expanduser().resolve())
@@ -244,10 +238,19 @@ class Indexer:
                     FileResult(path=key, status="failed", reason="not in collection")
                 )
                 continue
-            self._remove(key, collection, coll)
+            self._remove(key, collection)
             report.files.append(FileResult(path=key, status="removed", chunks=rec.chunks))
         self.refresh_bm25(collection)
         return report
+
+    def finish_migration(self, collection: str) -> None:
+        """Move vectors still under pre-content-id chunk ids (index migration 2) to their new ids."""
+        moves = self.store.rekey_pending(collection)
+        if moves:
+            chunks = self.store.chunks(collection, [n for _, n in moves])
+            self.vectors.rekey(collection, moves, chunks)
+            self.store.rekey_done(collection, [o for o, _ in moves])
+        self.refresh_bm25(collection)
 
     def refresh_bm25(self, collection: str) -> None:
         if self.store.bm25_dirty(collection):
@@ -256,22 +259,7 @@ class Indexer:
 
     def drop_collection(self, collection: str) -> None:
         self.store.require_collection(collection)
-        from chromadb.errors import NotFoundError
-
-        # Already gone from Chroma (deleted by hand, or a crash mid-drop): still clear our side.
-        with contextlib.suppress(NotFoundError):
-            self.chroma.delete_collection(collection)
+        self.vectors.drop(collection)
         self.store.drop_collection(collection)
         self.bm25.drop(collection)
 
-
-def _metadata(c: Chunk) -> dict:
-    meta = {"source": c.source, "position": c.position, "file_hash": c.file_hash}
-    meta.update(
-        {
-            k: v
-            for k, v in (("page", c.page), ("heading", c.heading), ("anchor", c.anchor))
-            if v is not None
-        }
-    )
-    return meta

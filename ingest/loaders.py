@@ -21,7 +21,7 @@ from pathlib import Path
 
 from langchain_core.documents import Document
 
-from assistant.errors import BadFile
+from core.errors import BadFile
 
 _PDF = frozenset({".pdf"})
 _DOCX = frozenset({".docx"})

@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     out = args.out
     if out is None:
-        from assistant.settings import Settings
+        from core.settings import Settings
 
         out = Settings().data_dir / "eval" / "python-faq"
     meta = build(args.docs, out, n_distractors=args.distractors, seed=args.seed,

@@ -47,7 +47,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def container():
     """A composition root built from the isolated environment (real parts, built lazily)."""
-    from assistant.container import Container
+    from localcat.container import Container
 
     return Container()
 

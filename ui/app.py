@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from assistant.errors import LocalCatError, MissingDependency
-from assistant.schemas import Citation, IngestReport, Message
-from assistant.settings import LLMSettings
+from core.errors import LocalCatError, MissingDependency
+from core.schemas import Citation, IngestReport, Message
+from core.settings import LLMSettings
 
 if TYPE_CHECKING:
     import gradio
@@ -119,7 +119,7 @@ def _as_localcat_error(exc: Exception, llm: LLMSettings | None = None) -> LocalC
         return exc
     if llm is None:
         return None
-    from assistant.llm import translate_runtime_error
+    from core.llm import translate_runtime_error
 
     return translate_runtime_error(exc, llm)
 
@@ -137,7 +137,7 @@ def _warn(err: LocalCatError) -> str:
 
 
 def build_ui(container: Any) -> "gradio.Blocks":
-    """The LocalCat page for ``container`` (an ``assistant.container.Container``)."""
+    """The LocalCat page for ``container`` (an ``localcat.container.Container``)."""
     try:
         import gradio as gr
     except ImportError as err:
@@ -151,7 +151,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
                 for c in container.store.collections()]
 
     def model_choices() -> list[str]:
-        from assistant.llm import list_models
+        from core.llm import list_models
 
         return list_models(container.served_llm)
 
@@ -192,7 +192,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
         text = ""
         try:
             override = model if model and model != configured["model"] else None
-            pipeline = container.pipeline(collection, override)
+            pipeline = container.pipeline(collection, override, record=True)
             for event in pipeline.stream(question, session.history):
                 if isinstance(event, Sources):
                     yield (gr.skip(), gr.skip(), sources_html(event.citations, collection),
@@ -203,7 +203,6 @@ def build_ui(container: Any) -> "gradio.Blocks":
                     yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
                 elif isinstance(event, Done):
                     answer = event.answer
-                    container.feedback.record_answer(answer)
         except Exception as exc:
             err = _as_localcat_error(exc, container.served_llm)
             if err is None:
@@ -268,7 +267,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
     # Gradio injects a tracker into a parameter whose default is gr.Progress().
     def ingest(files: list[str] | None, collection: str | None,
                progress=gr.Progress()):  # noqa: B008
-        from assistant.vectorstore import check_collection_name
+        from core.chunkstore import check_collection_name
         from ingest.index import Progress
 
         if not files:

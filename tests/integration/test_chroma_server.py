@@ -10,14 +10,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_ingest_and_retrieve_through_a_chroma_server(tmp_path, docs_dir, monkeypatch):
-    from assistant.container import Container
+    from localcat.container import Container
 
     with chroma_server(tmp_path / "chroma-server") as url:
         monkeypatch.setenv("LOCALCAT_CHROMA__URL", url)
         c = Container()
         report = c.indexer.ingest([docs_dir], "kbase")
         assert report.count("added") == 3
-        assert "kbase" in [col.name for col in c.chroma.list_collections()]
+        assert "kbase" in [col.name for col in c.vectors.client.list_collections()]
         assert not (c.settings.data_dir / "chroma").exists()  # nothing went to the embedded store
 
         docs = c.retriever("kbase").invoke("espresso machine cleaning schedule")
@@ -25,18 +25,18 @@ def test_ingest_and_retrieve_through_a_chroma_server(tmp_path, docs_dir, monkeyp
 
         (docs_dir / "kitchen.html").unlink()
         assert c.indexer.ingest([docs_dir], "kbase").count("removed") == 1
-        remote = c.chroma.get_collection("kbase", embedding_function=None)
+        remote = c.vectors.client.get_collection("kbase", embedding_function=None)
         assert set(remote.get(include=[])["ids"]) == c.store.chunk_ids("kbase")
 
         c.indexer.drop_collection("kbase")
-        assert "kbase" not in [col.name for col in c.chroma.list_collections()]
+        assert "kbase" not in [col.name for col in c.vectors.client.list_collections()]
 
 
 def test_unreachable_chroma_server_names_the_fix(monkeypatch):
-    from assistant.container import Container
-    from assistant.errors import StoreUnavailable
+    from core.errors import StoreUnavailable
+    from localcat.container import Container
     from tests.fixtures.servers import free_port
 
     monkeypatch.setenv("LOCALCAT_CHROMA__URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StoreUnavailable, match="chroma run"):
-        Container().chroma  # noqa: B018 - building the client is the act under test
+        Container().vectors  # noqa: B018 - building the client is the act under test

@@ -52,10 +52,10 @@ def beir(tmp_path):
 
 
 def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path):
-    from assistant.container import Container
-    from assistant.evaluation import Candidates, eval_command, rank
     from assistant.retriever import COVERAGE_DEPTH
-    from assistant.settings import Settings
+    from core.settings import Settings
+    from localcat.container import Container
+    from localcat.evaluation import Candidates, eval_command, rank
 
     work = tmp_path / "work"
     png = tmp_path / "eval.png"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from assistant.feedback import FeedbackStore
-from assistant.schemas import Answer
+from core.schemas import Answer
 
 pytestmark = pytest.mark.integration
 

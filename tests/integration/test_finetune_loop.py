@@ -23,16 +23,16 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 
 from assistant.feedback import FeedbackStore
-from assistant.llm import ChatLlamaCpp, build_chat_model, smollm2_path
 from assistant.pipeline import RagPipeline
-from assistant.schemas import Chunk
-from assistant.settings import Settings
-from assistant.vectorstore import ChunkStore
-from finetune.base import BaseMismatch, Vocab, resolve_base
+from core.chunkstore import ChunkStore
+from core.gguf import BaseMismatch, check_lora_gguf
+from core.llm import ChatLlamaCpp, build_chat_model, smollm2_path
+from core.schemas import Chunk
+from core.settings import Settings
+from finetune.base import Vocab, resolve_base
 from finetune.dataset import read_jsonl
-from finetune.export import check_lora_gguf
 from finetune.modelfile import template_parts
-from finetune.registry import served_llm_settings
+from localcat.container import Container
 from tests.fixtures.tiny_model import TINY_ANSWER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -140,7 +140,7 @@ def test_the_registered_model_answers_as_trained(
     # What the assistant serves now: the base plus the registered adapter.
     monkeypatch.setenv("LOCALCAT_DATA_DIR", str(loop.data))
     monkeypatch.setenv("LOCALCAT_LLM__RUNTIME", "embedded")
-    llm = served_llm_settings(Settings())
+    llm = Container(Settings()).served_llm
     assert llm.model_path == tiny_gguf and llm.lora_path == loop.data / "models" / "v1" / "v1.gguf"
     served, tag = build_chat_model(llm.model_copy(update={"temperature": 0.0}))
     assert tag.endswith("+lora:v1")
@@ -250,7 +250,7 @@ def test_a_base_mismatch_is_refused_clearly(
     monkeypatch.setenv("LOCALCAT_DATA_DIR", str(loop.data))
     monkeypatch.setenv("LOCALCAT_LLM__MODEL_PATH", str(other))
     with pytest.raises(BaseMismatch, match="models use base"):
-        served_llm_settings(Settings())
+        Container(Settings()).served_llm  # noqa: B018 - building it is the act under test
 
 
 def _ollama_libs() -> Path | None:
@@ -318,7 +318,7 @@ def test_registration_in_a_real_ollama(loop: Loop, tiny_gguf: Path, real_ollama:
     stops = re.findall(r'stop\s+"([^"]*)"', shown["parameters"])
     assert stops == manifest["chat_template"]["stops"]
     # The assistant, on the Ollama runtime, now asks for this model.
-    served = served_llm_settings(Settings(data_dir=data))
+    served = Container(Settings(data_dir=data)).served_llm
     assert served.ollama_model == version["ollama_name"]
 
 

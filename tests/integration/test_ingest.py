@@ -16,7 +16,7 @@ pytestmark = pytest.mark.integration
 
 def store_state(container, collection: str) -> tuple[set[str], set[str]]:
     """(ids in Chroma, ids in the chunk store) — the two must always agree after a run."""
-    coll = container.chroma.get_collection(collection, embedding_function=None)
+    coll = container.vectors.client.get_collection(collection, embedding_function=None)
     return set(coll.get(include=[])["ids"]), container.store.chunk_ids(collection)
 
 
@@ -105,7 +105,7 @@ def test_crash_between_chroma_and_sqlite_is_repaired_on_rerun(container, docs_di
     assert container.store.files("kbase")[0].state == "pending"
     container.indexer.ingest([docs_dir], "kbase")
 
-    from assistant.container import Container
+    from localcat.container import Container
 
     clean = Container(container.settings.model_copy(update={"data_dir": docs_dir.parent / "clean"}))
     clean.indexer.ingest([docs_dir], "kbase")
@@ -146,8 +146,8 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
     clean = subprocess.run(cmd, env=clean_env, capture_output=True, text=True, timeout=600)
     assert clean.returncode == 0, clean.stderr
 
-    from assistant.container import Container
-    from assistant.settings import Settings
+    from core.settings import Settings
+    from localcat.container import Container
 
     killed_c = Container(Settings(data_dir=tmp_path / "killed"))
     clean_c = Container(Settings(data_dir=tmp_path / "clean"))

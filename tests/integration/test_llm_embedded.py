@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from assistant.errors import BadRequest, RuntimeUnavailable
-from assistant.llm import ChatLlamaCpp, build_chat_model, smollm2_path
-from assistant.settings import LLMSettings
+from core.errors import BadRequest, RuntimeUnavailable
+from core.llm import ChatLlamaCpp, build_chat_model, smollm2_path
+from core.settings import LLMSettings
 from tests.fixtures.tiny_model import TINY_ANSWER
 
 pytestmark = pytest.mark.integration

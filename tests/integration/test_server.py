@@ -19,8 +19,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def api(tiny_runtime, docs_dir, monkeypatch):
-    from assistant.container import Container
-    from assistant.server import create_app
+    from localcat.container import Container
+    from localcat.server import create_app
 
     c = Container()
     c.indexer.ingest([docs_dir], "kbase")
@@ -142,8 +142,8 @@ def test_fifty_concurrent_streaming_chats_have_no_errors(api):
 
 
 def test_api_keys_are_enforced(tiny_runtime, docs_dir, monkeypatch):
-    from assistant.container import Container
-    from assistant.server import create_app
+    from localcat.container import Container
+    from localcat.server import create_app
 
     monkeypatch.setenv("LOCALCAT_SERVER__API_KEYS", '["s3cret-key"]')
     c = Container()
@@ -161,8 +161,8 @@ def test_api_keys_are_enforced(tiny_runtime, docs_dir, monkeypatch):
 
 
 def test_refuses_to_serve_off_loopback_without_keys(monkeypatch):
-    from assistant.errors import ConfigError
-    from assistant.server import create_app
+    from core.errors import ConfigError
+    from localcat.server import create_app
 
     monkeypatch.setenv("LOCALCAT_SERVER__HOST", "0.0.0.0")
     with pytest.raises(ConfigError, match="API_KEYS"):
@@ -170,8 +170,8 @@ def test_refuses_to_serve_off_loopback_without_keys(monkeypatch):
 
 
 def test_ollama_down_is_a_503_with_the_fix(docs_dir, monkeypatch):
-    from assistant.container import Container
-    from assistant.server import create_app
+    from localcat.container import Container
+    from localcat.server import create_app
 
     monkeypatch.setenv("LOCALCAT_LLM__RUNTIME", "ollama")
     c = Container()
@@ -189,8 +189,8 @@ def test_ollama_down_is_a_503_with_the_fix(docs_dir, monkeypatch):
 
 def test_ollama_runtime_streams_through_our_api_and_missing_model_is_404(docs_dir, monkeypatch):
     """Our server → real langchain-ollama client → an Ollama speaking the wire protocol."""
-    from assistant.container import Container
-    from assistant.server import create_app
+    from localcat.container import Container
+    from localcat.server import create_app
 
     with FakeOllama(models=["llama3.2:latest"], reply="Twenty-seven days [1].") as ollama:
         monkeypatch.setenv("OLLAMA_HOST", ollama.url)

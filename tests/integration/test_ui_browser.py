@@ -75,7 +75,7 @@ def test_ask_rate_and_correct_in_the_browser(tiny_gguf, docs_dir, tmp_path, monk
     monkeypatch.setenv("LOCALCAT_CHROMA__COLLECTION", COLLECTION)
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home from a test
 
-    from assistant.container import Container
+    from localcat.container import Container
 
     container = Container()
     report = container.indexer.ingest([docs_dir], COLLECTION)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from langchain_core.documents import Document
 
-from assistant.errors import ConfigError
+from core.errors import ConfigError
 from ingest.chunking import chunk_sections
 
 WORDS = " ".join(f"word{i}" for i in range(400))

@@ -7,8 +7,9 @@ import math
 
 import pytest
 
-from assistant.errors import ConfigError
-from assistant.evaluation import (
+from core.errors import ConfigError
+from core.settings import RetrievalSettings
+from localcat.evaluation import (
     Candidates,
     doc_ranking,
     hit_at_k,
@@ -22,7 +23,6 @@ from assistant.evaluation import (
     threshold_rates,
     unfiltered,
 )
-from assistant.settings import RetrievalSettings
 
 
 def test_ndcg_binary_by_hand():

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from assistant.errors import BadRequest, StoreUnavailable
 from assistant.feedback import MAX_TEXT_CHARS, MIGRATIONS, Feedback, FeedbackStore, migrate
-from assistant.schemas import Answer, Citation, Message
+from core.errors import BadRequest, StoreUnavailable
+from core.schemas import Answer, Citation, Message
 
 
 def make_answer(question: str = "How do I install it?", **kw: object) -> Answer:

@@ -14,10 +14,11 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.retrievers import BaseRetriever
 
 from assistant.feedback import FeedbackStore
-from assistant.llm import _to_llama_messages
 from assistant.pipeline import RagPipeline
-from assistant.schemas import Answer, Chunk, Message
-from assistant.vectorstore import ChunkStore
+from core.chunkstore import ChunkStore
+from core.llm import to_llama_messages
+from core.schemas import Answer, Chunk, Message
+from core.settings import FinetuneSettings
 from finetune.dataset import (
     NotEnoughData,
     PromptBuilder,
@@ -25,7 +26,6 @@ from finetune.dataset import (
     read_jsonl,
     split_of,
 )
-from finetune.settings import FinetuneSettings
 
 
 class RecordingChat(BaseChatModel):
@@ -95,7 +95,7 @@ def test_prompt_is_rebuilt_exactly_as_the_model_saw_it(chunks: ChunkStore) -> No
     history = [Message(role="user", content="Hi"), Message(role="assistant", content="Hello!"),
                Message(role="user", content="About leave…"), Message(role="assistant", content="Yes?")]
     answer = pipe.ask("How many vacation days?", history)
-    seen = _to_llama_messages(pipe.llm.seen[-1])
+    seen = to_llama_messages(pipe.llm.seen[-1])
 
     messages, how = PromptBuilder(chunks, history_turns=2).messages(answer)
     assert messages == seen

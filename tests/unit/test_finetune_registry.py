@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from assistant.settings import Settings
-from finetune.base import BaseMismatch, file_sha256
-from finetune.export import AdapterCorrupt, check_lora_gguf
-from finetune.registry import MIGRATIONS, ModelRegistry, ollama_register, served_llm_settings
+from core.gguf import AdapterCorrupt, BaseMismatch, check_lora_gguf, file_sha256
+from core.settings import Settings
+from finetune.registry import MIGRATIONS, ModelRegistry, ollama_register
+from localcat.container import Container
 from tests.unit.test_finetune_modelfile import CHATML
 
 
@@ -120,20 +120,20 @@ def test_served_settings_follow_the_active_version(
     registry: ModelRegistry, tmp_path: Path, base: Path
 ) -> None:
     settings = Settings()
-    assert served_llm_settings(settings) == settings.llm  # no registry yet: unchanged
+    assert Container(settings).served_llm == settings.llm  # no registry yet: unchanged
     v1 = add(registry, tmp_path, base)
-    assert served_llm_settings(settings) == settings.llm  # registered, not active
+    assert Container(settings).served_llm == settings.llm  # registered, not active
     registry.use("v1")
-    llm = served_llm_settings(Settings())
+    llm = Container(Settings()).served_llm
     assert llm.model_path == base and llm.lora_path == Path(v1.adapter_gguf)
 
     explicit = Settings(llm={"lora_path": tmp_path / "mine.gguf"})
-    assert served_llm_settings(explicit).lora_path == tmp_path / "mine.gguf"
+    assert Container(explicit).served_llm.lora_path == tmp_path / "mine.gguf"
     same_base = Settings(llm={"model_path": base})
-    assert served_llm_settings(same_base).lora_path == Path(v1.adapter_gguf)
+    assert Container(same_base).served_llm.lora_path == Path(v1.adapter_gguf)
     other = Settings(llm={"model_path": tmp_path / "other.gguf"})
     with pytest.raises(BaseMismatch, match="models use base"):
-        served_llm_settings(other)
+        Container(other).served_llm  # noqa: B018 - building it is the act under test
 
 
 def test_damaged_adapter_is_refused(registry: ModelRegistry, tmp_path: Path, base: Path) -> None:
@@ -172,7 +172,7 @@ def test_adapter_for_another_base_does_not_fit(tmp_path: Path) -> None:
 def test_the_container_serves_the_active_version(
     registry: ModelRegistry, tmp_path: Path, base: Path
 ) -> None:
-    from assistant.container import Container
+    from localcat.container import Container
 
     v1 = add(registry, tmp_path, base)
     assert Container().served_llm.lora_path is None

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
-from assistant import llm as llm_module
-from assistant.errors import BadRequest, MissingDependency, ModelNotFound, RuntimeUnavailable
-from assistant.llm import (
+from core import llm as llm_module
+from core.errors import BadRequest, MissingDependency, ModelNotFound, RuntimeUnavailable
+from core.llm import (
     ChatLlamaCpp,
     build_chat_model,
     list_models,
@@ -20,7 +20,7 @@ from assistant.llm import (
     smollm2_path,
     translate_runtime_error,
 )
-from assistant.settings import LLMSettings
+from core.settings import LLMSettings
 from tests.fixtures.fake_ollama import FakeOllama, free_port
 
 
@@ -202,4 +202,4 @@ def test_missing_smollm2_names_the_install(monkeypatch: pytest.MonkeyPatch):
 
 def test_embedded_refuses_tool_messages():
     with pytest.raises(BadRequest):
-        llm_module._to_llama_messages([ToolMessage("42", tool_call_id="t1")])
+        llm_module.to_llama_messages([ToolMessage("42", tool_call_id="t1")])

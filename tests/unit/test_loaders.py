@@ -12,7 +12,7 @@ from reportlab.lib.pagesizes import A4
 from reportlab.lib.pdfencrypt import StandardEncryption
 from reportlab.pdfgen import canvas
 
-from assistant.errors import BadFile
+from core.errors import BadFile
 from ingest.loaders import SUPPORTED_SUFFIXES, iter_files, load_file
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"

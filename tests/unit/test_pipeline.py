@@ -8,8 +8,8 @@ from langchain_core.messages import AIMessage
 from langchain_core.retrievers import BaseRetriever
 
 from assistant.pipeline import Done, RagPipeline, Sources, Token
-from assistant.prompt import NOT_FOUND, PROMPT_VERSION
-from assistant.schemas import Message
+from core.prompt import NOT_FOUND, PROMPT_VERSION
+from core.schemas import Message
 
 
 class FixedRetriever(BaseRetriever):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from assistant.retriever import rrf
-from assistant.vectorstore import BM25Index, ChunkStore
+from core.bm25 import BM25Index
+from core.chunkstore import ChunkStore
 
 
 def test_rrf_rewards_agreement_and_respects_weights():
@@ -38,7 +39,7 @@ def test_bm25_empty_and_stopword_queries(tmp_path):
 
 
 def test_chunk_store_marks_pending_then_done(tmp_path):
-    from assistant.schemas import Chunk
+    from core.schemas import Chunk
 
     store = ChunkStore(tmp_path / "index.sqlite")
     store.ensure_collection("kb", "emb", lambda: 3)
@@ -55,7 +56,7 @@ def test_chunk_store_marks_pending_then_done(tmp_path):
 def test_collection_embedder_mismatch_is_refused(tmp_path):
     import pytest
 
-    from assistant.errors import ConfigError
+    from core.errors import ConfigError
 
     store = ChunkStore(tmp_path / "index.sqlite")
     store.ensure_collection("kb", "minilm", lambda: 384)

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from assistant.errors import BadRequest
-from assistant.settings import Settings
-from assistant.vectorstore import check_collection_name
+from core.chunkstore import check_collection_name
+from core.errors import BadRequest
+from core.settings import Settings
 
 
 def test_env_and_toml_layers(tmp_path, monkeypatch):

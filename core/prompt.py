@@ -4,7 +4,10 @@ know which wording produced it; bump it whenever a template changes."""
 from __future__ import annotations
 
 from langchain_core.documents import Document
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from core.schemas import Message
 
 PROMPT_VERSION = "rag-v2"
 
@@ -51,3 +54,9 @@ def format_context(docs: list[Document]) -> str:
             where += f", section {m['heading']}"
         parts.append(f"[{n}] ({where})\n{doc.page_content.strip()}")
     return "\n\n".join(parts)
+
+
+def history_messages(history: list[Message], turns: int) -> list[BaseMessage]:
+    """The last ``turns`` user/assistant messages of a conversation, as the prompt gets them."""
+    kept = [m for m in history if m.role in ("user", "assistant")][-turns:] if turns else []
+    return [HumanMessage(m.content) if m.role == "user" else AIMessage(m.content) for m in kept]

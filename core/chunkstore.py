@@ -1,27 +1,20 @@
-"""The chunk store: Chroma holds vectors, SQLite holds chunk text and the file manifest, bm25s the
-lexical index. SQLite is the source of truth: a vector whose chunk row is missing is never shown.
+"""The chunk store: SQLite holds the text of every chunk and the manifest of ingested files.
 
-Chroma gets no document text because its full-text index made adds ~10× slower and the store
-~5× bigger at 100k chunks (shared/RUNTIME.md); BM25 is ours anyway.
+It is the source of truth: Chroma holds only vectors (core/chroma.py), and a vector whose chunk row
+is missing is never shown. Chroma gets no document text because its full-text index made adds ~10×
+slower and the store ~5× bigger at 100k chunks (shared/RUNTIME.md); BM25 is ours (core/bm25.py).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
 import sqlite3
-import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import urlparse
 
-from assistant.errors import BadRequest, CollectionNotFound, ConfigError, StoreUnavailable
-from assistant.schemas import Chunk
-from assistant.settings import ChromaSettings
-from assistant.sqlite import Database, migrations
+from core.errors import BadRequest, CollectionNotFound, ConfigError
+from core.schemas import Chunk, chunk_id
+from core.sqlite import Database, migrations
 
 _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
@@ -33,35 +26,6 @@ def check_collection_name(name: str) -> str:
             "use 3–63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
         )
     return name
-
-
-def chroma_client(settings: ChromaSettings, persist_dir: Path):
-    """PersistentClient under the data dir, or HttpClient when a server URL is set."""
-    import chromadb
-    from chromadb.config import Settings as ChromaClientSettings
-
-    client_settings = ChromaClientSettings(anonymized_telemetry=False)
-    if not settings.url:
-        persist_dir.mkdir(parents=True, exist_ok=True)
-        return chromadb.PersistentClient(path=str(persist_dir), settings=client_settings)
-    url = urlparse(settings.url if "://" in settings.url else "http://" + settings.url)
-    if not url.hostname:
-        raise ConfigError(f"Bad Chroma URL {settings.url!r}", "use e.g. http://127.0.0.1:8000")
-    try:
-        client = chromadb.HttpClient(
-            host=url.hostname,
-            port=url.port or (443 if url.scheme == "https" else 8000),
-            ssl=url.scheme == "https",
-            settings=client_settings,
-        )
-        client.heartbeat()
-    except Exception as exc:  # chromadb raises bare ValueError/httpx errors on connect
-        raise StoreUnavailable(
-            f"Cannot reach the Chroma server at {settings.url} ({type(exc).__name__})",
-            "start it with `chroma run --path DIR --port PORT`, or unset LOCALCAT_CHROMA__URL to "
-            "use the embedded store",
-        ) from exc
-    return client
 
 
 _SCHEMA_V1 = """
@@ -118,6 +82,30 @@ def m001_collections_files_chunks(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+@_migration
+def m002_content_ids(db: sqlite3.Connection) -> None:
+    """Chunk ids become content hashes (``chunk_id``); the old ids stay as aliases.
+
+    Chroma still holds the vectors under the old ids: ``rekey_pending`` lists them until the
+    indexer has moved them (``Indexer.finish_migration``), which happens before the collection
+    is next searched or written.
+    """
+    db.execute("""CREATE TABLE chunk_aliases (
+        collection TEXT NOT NULL, old_id TEXT NOT NULL, new_id TEXT NOT NULL,
+        vectors_moved INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (collection, old_id))""")
+    rows = db.execute("SELECT collection, id, path, text FROM chunks ORDER BY collection, path, position")
+    seen: dict[tuple[str, str, str], int] = {}
+    moves = []
+    for r in rows.fetchall():
+        key = (r["collection"], r["path"], r["text"])
+        seen[key] = seen.get(key, -1) + 1
+        moves.append((r["collection"], r["id"], chunk_id(r["path"], r["text"], seen[key])))
+    db.executemany("INSERT INTO chunk_aliases (collection, old_id, new_id) VALUES (?,?,?)", moves)
+    db.executemany("UPDATE chunks SET id=? WHERE collection=? AND id=?",
+                   [(new, coll, old) for coll, old, new in moves])
+    db.execute("UPDATE collections SET bm25_dirty=1")  # the BM25 index lists chunks by id
+
+
 class ChunkStore(Database):
     """SQLite manifest of ingested files and the text of every chunk."""
 
@@ -168,7 +156,7 @@ class ChunkStore(Database):
 
     def drop_collection(self, name: str) -> None:
         with self.transaction() as db:
-            for table in ("chunks", "files"):
+            for table in ("chunks", "files", "chunk_aliases"):
                 db.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
             db.execute("DELETE FROM collections WHERE name=?", (name,))
 
@@ -246,6 +234,32 @@ class ChunkStore(Database):
         cur = self.db.execute("SELECT id FROM chunks WHERE collection=?", (collection,))
         return {r["id"] for r in cur}
 
+    def resolve(self, collection: str, ids: Iterable[str]) -> dict[str, str]:
+        """Current id for each of ``ids``: itself, or what a pre-content-id alias became."""
+        ids = list(ids)
+        out = {i: i for i in ids}
+        for i in range(0, len(ids), 500):
+            part = ids[i : i + 500]
+            rows = self.db.execute(
+                f"SELECT old_id, new_id FROM chunk_aliases WHERE collection=? "
+                f"AND old_id IN ({','.join('?' * len(part))})", (collection, *part),
+            ).fetchall()
+            out.update({r["old_id"]: r["new_id"] for r in rows})
+        return out
+
+    def rekey_pending(self, collection: str) -> list[tuple[str, str]]:
+        """(old id, new id) pairs whose vectors are still under the old id in the vector store."""
+        rows = self.db.execute(
+            "SELECT old_id, new_id FROM chunk_aliases WHERE collection=? AND vectors_moved=0",
+            (collection,),
+        ).fetchall()
+        return [(r["old_id"], r["new_id"]) for r in rows]
+
+    def rekey_done(self, collection: str, old_ids: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE chunk_aliases SET vectors_moved=1 WHERE collection=? AND old_id=?",
+                           [(collection, i) for i in old_ids])
+
     def bm25_dirty(self, collection: str) -> bool:
         row = self.db.execute("SELECT bm25_dirty FROM collections WHERE name=?", (collection,)).fetchone()
         return bool(row and row["bm25_dirty"])
@@ -260,129 +274,3 @@ def _chunk(r: sqlite3.Row) -> Chunk:
         id=r["id"], text=r["text"], source=r["path"], file_hash=r["file_hash"],
         position=r["position"], page=r["page"], heading=r["heading"], anchor=r["anchor"],
     )
-
-
-# Kept by bm25s's 33-word English stop list but carrying no topic; in a small collection a missing
-# "what" would weigh as much as a missing subject.
-QUESTION_WORDS = frozenset({
-    "what", "how", "why", "when", "where", "which", "who", "whom", "whose", "do", "does", "did",
-    "can", "could", "should", "would", "will", "may", "might", "must", "i", "me", "my", "we",
-    "our", "you", "your", "get", "got", "many", "much", "about", "please", "tell",
-})  # fmt: skip
-
-
-class BM25Index:
-    """A persisted bm25s index per collection, rebuilt after an ingest that changed it.
-
-    bm25s has no incremental add; a rebuild of 100k chunks takes seconds, far below the embedding
-    cost of the ingest that triggers it. Versions are directories swapped by renaming a pointer
-    file, so a reader never sees a half-written index.
-    """
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._cache: dict[str, tuple[str, object, list[str]]] = {}
-        self._positions: dict[str, tuple[object, dict[str, int]]] = {}
-        self._lock = threading.Lock()
-
-    def _current(self, collection: str) -> str | None:
-        try:
-            return (self.root / collection / "CURRENT").read_text().strip() or None
-        except FileNotFoundError:
-            return None
-
-    def rebuild(self, collection: str, items: Iterable[tuple[str, str]]) -> int:
-        import bm25s
-
-        ids, texts = [], []
-        for chunk_id, text in items:
-            ids.append(chunk_id)
-            texts.append(text)
-        base = self.root / collection
-        base.mkdir(parents=True, exist_ok=True)
-        version = f"v{int.from_bytes(os.urandom(6), 'big'):x}"
-        target = base / version
-        if ids:
-            retriever = bm25s.BM25()
-            retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                            show_progress=False)
-            retriever.save(str(target))
-        else:
-            target.mkdir()
-        (target / "ids.json").write_text(json.dumps(ids))
-        tmp = base / "CURRENT.tmp"
-        tmp.write_text(version)
-        os.replace(tmp, base / "CURRENT")
-        for old in base.iterdir():
-            if old.is_dir() and old.name != version:
-                shutil.rmtree(old, ignore_errors=True)
-        return len(ids)
-
-    def drop(self, collection: str) -> None:
-        shutil.rmtree(self.root / collection, ignore_errors=True)
-        self._cache.pop(collection, None)
-
-    def _load(self, collection: str):
-        version = self._current(collection)
-        cached = self._cache.get(collection)
-        if cached and cached[0] == version:
-            return cached[1], cached[2]
-        with self._lock:
-            if version is None:
-                return None, []
-            import bm25s
-
-            folder = self.root / collection / version
-            ids = json.loads((folder / "ids.json").read_text())
-            retriever = bm25s.BM25.load(str(folder)) if ids else None
-            self._cache[collection] = (version, retriever, ids)
-            return retriever, ids
-
-    def coverage(self, collection: str, query: str, chunk_ids: Iterable[str]) -> float:
-        """The largest share of the query's weight (its terms' idf) that one of the chunks holds.
-
-        1.0 when a chunk has every query term, less as rarer terms are missing. Raw BM25 scores
-        grow with the collection (an exact "extension 4417" scores 0.9 among 5 chunks, an
-        off-topic question 4–6 among 2,600); this share means the same at any size.
-        """
-        import bisect
-        import math
-
-        import bm25s
-
-        retriever, ids = self._load(collection)
-        terms = set(bm25s.tokenize([query], stopwords="en", return_ids=False,
-                                   show_progress=False)[0]) - QUESTION_WORDS - {""}
-        if retriever is None or not terms:
-            return 0.0
-        cached = self._positions.get(collection)
-        if cached is None or cached[0] is not retriever:
-            cached = (retriever, {chunk_id: i for i, chunk_id in enumerate(ids)})
-            self._positions[collection] = cached
-        docs = {cached[1][c] for c in chunk_ids if c in cached[1]}
-        vocab, indptr = retriever.vocab_dict, retriever.scores["indptr"]
-        indices = retriever.scores["indices"]  # per term, the sorted rows that contain it
-        total, held = 0.0, dict.fromkeys(docs, 0.0)
-        for term in terms:
-            j = vocab.get(term)
-            lo, hi = (int(indptr[j]), int(indptr[j + 1])) if j is not None and j + 1 < len(indptr) else (0, 0)
-            weight = math.log(1 + (len(ids) - (hi - lo) + 0.5) / (hi - lo + 0.5))
-            total += weight
-            for d in docs:
-                at = bisect.bisect_left(indices, d, lo, hi)
-                if at < hi and indices[at] == d:
-                    held[d] += weight
-        return max(held.values(), default=0.0) / total
-
-    def search(self, collection: str, query: str, k: int) -> list[tuple[str, float]]:
-        """(chunk id, BM25 score) best first; only chunks sharing a term with the query."""
-        import bm25s
-
-        retriever, ids = self._load(collection)
-        if retriever is None or not ids:
-            return []
-        tokens = bm25s.tokenize([query], stopwords="en", return_ids=False, show_progress=False)
-        if not tokens or not tokens[0]:
-            return []
-        docs, scores = retriever.retrieve(tokens, k=min(k, len(ids)), show_progress=False)
-        return [(ids[int(d)], float(s)) for d, s in zip(docs[0], scores[0], strict=True) if s > 0]

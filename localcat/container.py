@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 
-from assistant.settings import Settings
+from core.settings import Settings
 
 
 class Container:
@@ -20,25 +20,31 @@ class Container:
 
     @cached_property
     def embeddings(self):
-        from assistant.embeddings import SentenceTransformerEmbeddings
+        match self.settings.embedding.backend:
+            case "sentence-transformers":
+                from core.embeddings import SentenceTransformerEmbeddings
 
-        return SentenceTransformerEmbeddings(self.settings.embedding)
+                return SentenceTransformerEmbeddings(self.settings.embedding)
+            case "fake":
+                from core.embeddings import FakeEmbeddings
+
+                return FakeEmbeddings()
 
     @cached_property
-    def chroma(self):
-        from assistant.vectorstore import chroma_client
+    def vectors(self):
+        from core.chroma import VectorStore, chroma_client
 
-        return chroma_client(self.settings.chroma, self.settings.chroma_dir)
+        return VectorStore(chroma_client(self.settings.chroma, self.settings.chroma_dir))
 
     @cached_property
     def store(self):
-        from assistant.vectorstore import ChunkStore
+        from core.chunkstore import ChunkStore
 
         return ChunkStore(self.settings.index_db)
 
     @cached_property
     def bm25(self):
-        from assistant.vectorstore import BM25Index
+        from core.bm25 import BM25Index
 
         return BM25Index(self.settings.bm25_dir)
 
@@ -46,7 +52,7 @@ class Container:
     def indexer(self):
         from ingest.index import Indexer
 
-        return Indexer(self.settings, self.embeddings, self.chroma, self.store, self.bm25)
+        return Indexer(self.settings, self.embeddings, self.vectors, self.store, self.bm25)
 
     @cached_property
     def feedback(self):
@@ -59,17 +65,27 @@ class Container:
 
         name = collection or self.settings.chroma.collection
         self.store.require_collection(name)
+        if self.store.rekey_pending(name):  # an index from before content ids: finish moving it
+            self.indexer.finish_migration(name)
         return HybridRetriever(
-            embeddings=self.embeddings, chroma=self.chroma, store=self.store, bm25=self.bm25,
+            embeddings=self.embeddings, vectors=self.vectors, store=self.store, bm25=self.bm25,
             collection=name, settings=self.settings.retrieval,
         )
 
     @cached_property
+    def registry(self):
+        from finetune.registry import ModelRegistry
+
+        return ModelRegistry(self.settings.models_dir)
+
+    @cached_property
     def served_llm(self):
         """LLM settings with the active fine-tuned version (base + adapter) applied, if any."""
-        from finetune.registry import served_llm_settings
+        from finetune.registry import REGISTRY_FILE, served_llm_settings
 
-        return served_llm_settings(self.settings)
+        # No registry file: nothing was ever fine-tuned, and reading must not create one.
+        known = (self.settings.models_dir / REGISTRY_FILE).is_file()
+        return served_llm_settings(self.settings.llm, self.registry if known else None)
 
     def llm_settings(self, model: str | None = None):
         llm = self.served_llm
@@ -77,7 +93,7 @@ class Container:
 
     def chat_model(self, model: str | None = None):
         """(BaseChatModel, tag) for the configured runtime; ``model`` overrides the model name."""
-        from assistant.llm import build_chat_model
+        from core.llm import build_chat_model
 
         key = model or ""
         with self._lock:
@@ -88,9 +104,11 @@ class Container:
     def loaded_model_tags(self) -> list[str]:
         return [tag for _, tag in self._models.values()]
 
-    def pipeline(self, collection: str | None = None, model: str | None = None):
-        from assistant.llm import translate_runtime_error
+    def pipeline(self, collection: str | None = None, model: str | None = None, *,
+                 record: bool = False):
+        """The RAG pipeline; ``record`` keeps every answer in the feedback store (for rating)."""
         from assistant.pipeline import RagPipeline
+        from core.llm import translate_runtime_error
 
         retriever = self.retriever(collection)
         llm, tag = self.chat_model(model)
@@ -98,4 +116,5 @@ class Container:
         llm_settings = self.llm_settings(model)
         return RagPipeline(llm, retriever, model_tag=tag, condense=p.condense,
                            history_turns=p.history_turns,
-                           translate_error=lambda exc: translate_runtime_error(exc, llm_settings))
+                           translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
+                           on_answer=self.feedback.record_answer if record else None)

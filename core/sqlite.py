@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from assistant.errors import StoreUnavailable
+from core.errors import StoreUnavailable
 
 BUSY_TIMEOUT_S = 30.0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
@@ -20,6 +21,18 @@ class Chunk(BaseModel):
     page: int | None = Field(None, description="1-based page, for PDFs.")
     heading: str | None = Field(None, description="Heading path, e.g. 'Install > Linux'.")
     anchor: str | None = Field(None, description="Fragment id in HTML, row range in CSV.")
+
+
+def chunk_id(source: str, text: str, occurrence: int = 0) -> str:
+    """Names what the chunk is: the same id always means the same text from the same file.
+
+    ``occurrence`` tells apart identical chunks of one file (the n-th time that text appears).
+    Position, file hash and chunking settings are left out on purpose: with them in, an id
+    survived a chunking change while naming other text, and fine-tune data sets rebuilt from
+    recorded ids trained on context the model never saw.
+    """
+    digest = hashlib.sha256(f"{source}\0{occurrence}\0".encode() + text.encode("utf-8", "surrogatepass"))
+    return "c2" + digest.hexdigest()[:30]
 
 
 class Citation(BaseModel):

@@ -24,9 +24,9 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from assistant.container import Container
-from assistant.errors import BadRequest, ConfigError, LocalCatError
-from assistant.schemas import Answer, Message, new_answer_id
+from core.errors import BadRequest, ConfigError, LocalCatError
+from core.schemas import Answer, Message, new_answer_id
+from localcat.container import Container
 
 log = logging.getLogger("localcat.server")
 
@@ -124,7 +124,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     @app.get("/v1/models")
     def list_models():
-        from assistant.llm import list_models as runtime_models
+        from core.llm import list_models as runtime_models
 
         names = [DEFAULT_MODEL, *runtime_models(c.served_llm)]
         return {"object": "list",
@@ -135,18 +135,17 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     def chat_completions(req: ChatCompletionRequest):
         question, history = _split_messages(req.messages)
         model = None if req.model in ("", DEFAULT_MODEL) else req.model
-        pipeline = c.pipeline(req.collection, model)
+        pipeline = c.pipeline(req.collection, model, record=True)
         created = int(time.time())
         answer_id = new_answer_id()
         if req.stream:
             return StreamingResponse(
-                _in_thread(_sse(c, pipeline.stream(question, history, answer_id=answer_id),
+                _in_thread(_sse(pipeline.stream(question, history, answer_id=answer_id),
                                 answer_id, req.model, created)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         answer = pipeline.ask(question, history, answer_id=answer_id)
-        c.feedback.record_answer(answer)
         return {
             "id": answer.id, "object": "chat.completion", "created": created, "model": req.model,
             "choices": [{"index": 0, "finish_reason": "stop", "message": {
@@ -160,7 +159,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     @app.post("/api/ingest")
     def ingest_files(files: list[UploadFile] = File(...), collection: str | None = Form(None)):
-        from assistant.vectorstore import check_collection_name
+        from core.chunkstore import check_collection_name
 
         name = check_collection_name(collection or settings.chroma.collection)
         limit = int(settings.server.max_upload_mb * 1024 * 1024)
@@ -206,13 +205,13 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     @app.get("/health")
     def health():
-        from assistant.llm import ollama_status
+        from core.llm import ollama_status
 
         out: dict = {"status": "ok", "runtime": settings.llm.runtime}
         try:
             out["collections"] = len(c.store.collections())
             out["store"] = "chroma server" if settings.chroma.url else "embedded chroma"
-            c.chroma.heartbeat()
+            c.vectors.heartbeat()
         except LocalCatError as exc:
             out.update(status="degraded", store_error=str(exc))
         if settings.llm.runtime in ("auto", "ollama"):
@@ -260,7 +259,7 @@ def _error(status: int, message: str, kind: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
 
 
-def _sse(c: Container, events, cid: str, model: str, created: int) -> Iterator[str]:
+def _sse(events, cid: str, model: str, created: int) -> Iterator[str]:
     """OpenAI chat.completion.chunk events; errors after the first byte become an error event."""
     from assistant.pipeline import Done, Sources, Token
 
@@ -278,7 +277,6 @@ def _sse(c: Container, events, cid: str, model: str, created: int) -> Iterator[s
             elif isinstance(event, Token):
                 yield chunk({"content": event.text})
             elif isinstance(event, Done):
-                c.feedback.record_answer(event.answer)
                 yield chunk({}, "stop", citations=[x.model_dump() for x in event.answer.citations],
                             localcat=_localcat_ext(event.answer))
     except LocalCatError as exc:
@@ -358,5 +356,5 @@ class _TooLarge(LocalCatError):
 
 
 def app_factory() -> FastAPI:
-    """For `uvicorn --factory assistant.server:app_factory` and multi-worker serving."""
+    """For `uvicorn --factory localcat.server:app_factory` and multi-worker serving."""
     return create_app()

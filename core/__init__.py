@@ -1,0 +1,1 @@
+"""Ground floor: settings, errors, typed objects, stores, embedder and model runtimes, prompt."""

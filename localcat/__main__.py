@@ -1,0 +1,3 @@
+from localcat.cli import main
+
+main()
