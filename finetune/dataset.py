@@ -8,9 +8,10 @@ Each answer's verdict (its latest feedback) gives:
 * KTO rows: thumbs-up → the answer is good, thumbs-down → bad; a correction is good, and the answer
   it replaced bad unless it was also rated up.
 
-The context comes from the chunk store when the cited chunks still exist (chunk ids are content
-hashes, so the text is what the model saw) and otherwise from the snippets in the answer's
-snapshot, which may be shortened; each row says which in ``context``.
+The context comes from the chunk store when the cited chunks still exist (chunk ids name their
+source and text, so the text is what the model saw; older ids are checked against the recorded
+snippet) and otherwise from the snippets in the answer's snapshot, which may be shortened; each
+row says which in ``context``.
 
 The split hashes the normalised question, so a question (and its rephrasings that normalise the
 same) always lands in the same split, run after run; the test split never trains.
@@ -137,7 +138,22 @@ class PromptBuilder:
             self._collections[answer.collection] = self.store.has_collection(answer.collection)
         if not self._collections[answer.collection]:
             return {}
-        return self.store.chunks(answer.collection, [c.chunk_id for c in answer.citations])
+        # Ids from before content ids (index migration 2) resolve through their aliases; a chunk
+        # counts only when its text starts with the snippet the answer recorded, so a chunk that
+        # changed since (possible only for those old ids) falls back to the snapshot.
+        current = self.store.resolve(answer.collection, [c.chunk_id for c in answer.citations])
+        found = self.store.chunks(answer.collection, current.values())
+        out = {}
+        for c in answer.citations:
+            chunk = found.get(current[c.chunk_id])
+            if chunk is not None and _same_text(chunk.text, c.snippet):
+                out[c.chunk_id] = chunk
+        return out
+
+
+def _same_text(text: str, snippet: str) -> bool:
+    """The chunk ``text`` is the one whose (whitespace-folded, maybe shortened) snippet was shown."""
+    return " ".join(text.split()).startswith(snippet.removesuffix("…").rstrip())
 
 
 def _row_id(messages: list[dict[str, str]], target: str) -> str:
