@@ -84,7 +84,7 @@ def main() -> None:
                          raw_total=raw_total, raw_tokens=raw_tokens, cited=len(docs)))
 
     t = time.perf_counter()
-    cli = subprocess.run([sys.executable, "-m", "assistant", "ask", QUESTIONS[0]],
+    cli = subprocess.run([sys.executable, "-m", "localcat", "ask", QUESTIONS[0]],
                          capture_output=True, text=True, env=os.environ, timeout=600)
     cli_wall = time.perf_counter() - t
     assert cli.returncode == 0, cli.stderr

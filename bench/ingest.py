@@ -100,7 +100,7 @@ def main() -> None:
 
     if not args.no_cli:
         env = {**os.environ, "LOCALCAT_DATA_DIR": str(tmp / "cli")}
-        cmd = [sys.executable, "-m", "assistant", "ingest", str(docs), "-q", "--json"]
+        cmd = [sys.executable, "-m", "localcat", "ingest", str(docs), "-q", "--json"]
         walls = []
         for _ in range(3):
             t0 = time.perf_counter()

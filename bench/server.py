@@ -133,7 +133,7 @@ def main() -> None:
     env = {**os.environ, "LOCALCAT_DATA_DIR": str(data), "LOCALCAT_LLM__RUNTIME": "embedded",
            "LOCALCAT_CONFIG": str(data / "none.toml")}
     env = {k: v for k, v in env.items() if not k.startswith("LOCALCAT_SERVER__")}
-    subprocess.run([sys.executable, "-m", "assistant", "ingest", str(REPO / "samples"), "-q"],
+    subprocess.run([sys.executable, "-m", "localcat", "ingest", str(REPO / "samples"), "-q"],
                    env=env, cwd=REPO, check=True, capture_output=True)
 
     results = {kind: run_server(kind, env, args.concurrency, args.requests, args.ui and kind == "ours")

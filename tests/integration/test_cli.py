@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def localcat(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "assistant", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "localcat", *args], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -70,7 +70,7 @@ def test_ask_with_ollama_down_names_the_fix(tmp_path):
 def test_chat_keeps_history(tiny_gguf):
     env = {**os.environ, "LOCALCAT_LLM__RUNTIME": "embedded", "LOCALCAT_LLM__MODEL_PATH": str(tiny_gguf)}
     assert localcat("ingest", str(SAMPLES), "-q").returncode == 0
-    proc = subprocess.run([sys.executable, "-m", "assistant", "chat"], input="vacation days?\n/quit\n",
+    proc = subprocess.run([sys.executable, "-m", "localcat", "chat"], input="vacation days?\n/quit\n",
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "The answer is in the sources [1]." in proc.stdout and "Sources:" in proc.stdout

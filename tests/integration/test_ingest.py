@@ -121,7 +121,7 @@ def test_sigkill_mid_ingest_then_rerun_equals_clean_ingest(tmp_path, docs_dir):
                                             f"stored in rack {j % 7}." for j in range(40))
         )
     env = {**os.environ, "LOCALCAT_DATA_DIR": str(tmp_path / "killed")}
-    cmd = [sys.executable, "-m", "assistant", "ingest", str(docs_dir), "-c", "kbase", "-q"]
+    cmd = [sys.executable, "-m", "localcat", "ingest", str(docs_dir), "-c", "kbase", "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     db = tmp_path / "killed" / "index.sqlite"
     deadline = time.monotonic() + 300
