@@ -33,6 +33,8 @@ def main(ctx: click.Context) -> None:
     """
     # One container per command, built on first use; stage commands take it via clikit.parts().
     ctx.obj = functools.cache(container)
+    # Parse workers stop with the command (a built container only: never build one to close it).
+    ctx.call_on_close(lambda: ctx.obj.cache_info().currsize and ctx.obj().close())
 
 
 def _collection_option(f):
