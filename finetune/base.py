@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pydantic import BaseModel
+
 from core.errors import ConfigError, MissingDependency
 from core.gguf import file_sha256
 from core.settings import LLMSettings
@@ -46,6 +48,16 @@ def dir_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class BaseInfo(BaseModel):
+    """A base model as the artifacts made from it record it."""
+
+    kind: Literal["gguf", "hf"]
+    path: Path
+    sha256: str
+    name: str
+    source: str = ""
+
+
 @dataclass(frozen=True)
 class BaseRef:
     """Which base model: a GGUF file (served as is) or a Hugging Face folder."""
@@ -65,9 +77,9 @@ class BaseRef:
         """A name Ollama accepts, e.g. ``smollm2-135m-instruct.q4_1``."""
         return re.sub(r"[^a-z0-9._-]+", "-", self.name.lower()).strip("-._") or "base"
 
-    def describe(self) -> dict[str, str]:
-        return {"kind": self.kind, "path": str(self.path), "sha256": self.sha256,
-                "name": self.name, "source": self.source}
+    def describe(self) -> BaseInfo:
+        return BaseInfo(kind=self.kind, path=self.path, sha256=self.sha256, name=self.name,
+                        source=self.source)
 
 
 def resolve_base(spec: str | None, llm: LLMSettings) -> BaseRef:
@@ -305,7 +317,7 @@ def hf_weights(base: BaseRef, cache_root: Path, vocab: Vocab | None = None) -> P
     finally:
         if vocab is None:
             own.close()
-    (tmp / "localcat-base.json").write_text(json.dumps(base.describe(), indent=2) + "\n")
+    (tmp / "localcat-base.json").write_text(base.describe().model_dump_json(indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     return out

@@ -13,12 +13,16 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import BaseModel
 
 from core.clikit import ErrorGroup, parts
 from core.errors import BadRequest, ConfigError
+
+if TYPE_CHECKING:
+    from finetune.artifacts import DatasetReport, EvalReport, ExportResult, TrainResult
 
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -40,21 +44,23 @@ class Context:
         return self.root / ".bases"
 
     def run_dir(self, run: str | None, *, new: bool = False) -> Path:
+        from finetune.artifacts import RunLayout
         from finetune.dataset import new_run_name
 
         if run is None and new:
             run = new_run_name()
         if run is None:
-            runs = [p for p in self.root.glob("*/dataset/report.json") if not p.parts[-3].startswith(".")]
+            runs = [RunLayout(p) for p in self.root.iterdir() if not p.name.startswith(".")
+                    and RunLayout(p).dataset_json.is_file()] if self.root.is_dir() else []
             if not runs:
                 raise ConfigError("There is no fine-tune run yet",
                                   "start one with `localcat finetune dataset` or `finetune run`")
-            return max(runs, key=lambda p: p.stat().st_mtime).parent.parent
+            return max(runs, key=lambda r: r.dataset_json.stat().st_mtime).root
         if not _RUN_NAME.match(run):
             raise BadRequest(f"Invalid run name {run!r}",
                              "use letters, digits, '.', '_' or '-' (at most 64)")
         path = self.root / run
-        if not new and not (path / "dataset" / "report.json").is_file():
+        if not new and not RunLayout(path).dataset_json.is_file():
             raise ConfigError(f"No fine-tune run {run!r} in {self.root}",
                               "see the folder's runs, or start one with `localcat finetune dataset`")
         return path
@@ -75,8 +81,17 @@ def _chatter_to_stderr() -> Iterator[None]:
         yield
 
 
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return str(value)
+
+
 def _emit(data: Any, as_json: bool, text: Callable[[Any], str]) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str) if as_json else text(data))
+    if as_json:
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_jsonable))
+    else:
+        click.echo(text(data))
 
 
 def _run_option(f):
@@ -117,18 +132,18 @@ def _train_options(f):
 # --- steps (shared by the subcommands and `run`) ---------------------------------------------------
 
 
-def step_dataset(ctx: Context, run_dir: Path) -> dict[str, Any]:
+def step_dataset(ctx: Context, run_dir: Path) -> DatasetReport:
+    from finetune.artifacts import RunLayout
     from finetune.dataset import build_dataset
 
     s = ctx.settings
     store = ctx.parts.store if s.index_db.is_file() else None
-    report = build_dataset(ctx.parts.feedback, store, run_dir / "dataset", ctx.ft,
-                           history_turns=s.pipeline.history_turns, run=run_dir.name)
-    return report.as_dict()
+    return build_dataset(ctx.parts.feedback, store, RunLayout(run_dir), ctx.ft,
+                         history_turns=s.pipeline.history_turns)
 
 
 def step_train(ctx: Context, run_dir: Path, base_spec: str | None, restart: bool,
-               quiet: bool) -> dict[str, Any]:
+               quiet: bool) -> TrainResult:
     from finetune.train import train
 
     with _chatter_to_stderr():
@@ -139,7 +154,7 @@ def step_train(ctx: Context, run_dir: Path, base_spec: str | None, restart: bool
                      resume=not restart, progress=not quiet)
 
 
-def step_eval(ctx: Context, run_dir: Path, base_spec: str | None, quiet: bool) -> dict[str, Any]:
+def step_eval(ctx: Context, run_dir: Path, base_spec: str | None, quiet: bool) -> EvalReport:
     from finetune.evaluate import evaluate
 
     with _chatter_to_stderr():
@@ -147,7 +162,7 @@ def step_eval(ctx: Context, run_dir: Path, base_spec: str | None, quiet: bool) -
                         progress=not quiet)
 
 
-def step_export(ctx: Context, run_dir: Path, base_spec: str | None) -> dict[str, Any]:
+def step_export(ctx: Context, run_dir: Path, base_spec: str | None) -> ExportResult:
     from finetune.export import export
 
     with _chatter_to_stderr():
@@ -208,14 +223,7 @@ def dataset(run: str | None, min_examples: int | None, as_json: bool) -> None:
     ctx = Context({"min_examples": min_examples})
     run_dir = ctx.run_dir(run, new=True)
     report = step_dataset(ctx, run_dir)
-    _emit(report, as_json, lambda r: f"{run_dir.name}: " + _dataset_summary(r))
-
-
-def _dataset_summary(r: dict[str, Any]) -> str:
-    sft = ", ".join(f"{k} {v}" for k, v in r["sft"].items())
-    dropped = ", ".join(f"{k} {v}" for k, v in sorted(r["dropped"].items())) or "none"
-    return (f"{r['feedback_rows']} rated answers → SFT {sft}; KTO {sum(r['kto'].values())} rows; "
-            f"context from {r['context']}; dropped: {dropped}")
+    _emit(report, as_json, lambda r: f"{run_dir.name}: {r.summary()}")
 
 
 @finetune.command(name="train")
@@ -233,14 +241,7 @@ def train_cmd(run, base, trainer, max_steps, epochs, learning_rate, restart, thr
     ctx = Context({"trainer": trainer, "max_steps": max_steps, "epochs": epochs,
                    "learning_rate": learning_rate, "threads": threads})
     result = step_train(ctx, ctx.run_dir(run), base, restart, quiet)
-    _emit(result, as_json, _train_summary)
-
-
-def _train_summary(r: dict[str, Any]) -> str:
-    note = " (plain PEFT fallback)" if r["fallback"] else ""
-    return (f"{r['run']}: {r['steps']} steps with {r['trainer']}{note} in {r['seconds']}s "
-            f"({r['steps_per_second']} steps/s), loss {r['train_loss']}; adapter {r['adapter']}; "
-            f"curve {r['loss_png']}")
+    _emit(result, as_json, lambda r: r.summary())
 
 
 @finetune.command(name="eval")
@@ -255,8 +256,7 @@ def eval_cmd(run, base, as_json, quiet) -> None:
     """
     ctx = Context()
     report = step_eval(ctx, ctx.run_dir(run), base, quiet)
-    _emit(report, as_json, lambda r: f"{r['run']}: {'PROMOTED' if r['promoted'] else 'not promoted'}"
-                                      f" — {r['reason']}")
+    _emit(report, as_json, lambda r: r.summary())
 
 
 @finetune.command(name="export")
@@ -270,8 +270,7 @@ def export_cmd(run, base, as_json) -> None:
     """
     ctx = Context()
     result = step_export(ctx, ctx.run_dir(run), base)
-    _emit(result, as_json, lambda r: f"{r['run']}: {r['adapter_gguf']} ({r['bytes']['adapter.gguf']:,}"
-                                      f" bytes), Modelfile {r['modelfile']}")
+    _emit(result, as_json, lambda r: r.summary())
 
 
 def _register_options(f):
@@ -319,20 +318,19 @@ def run_cmd(run, base, min_examples, trainer, max_steps, epochs, learning_rate, 
     ctx = Context({"min_examples": min_examples, "trainer": trainer, "max_steps": max_steps,
                    "epochs": epochs, "learning_rate": learning_rate, "threads": threads})
     run_dir = ctx.run_dir(run, new=True)
-    out: dict[str, Any] = {"run": run_dir.name}
-    out["dataset"] = step_dataset(ctx, run_dir)
-    click.echo(f"data set: {_dataset_summary(out['dataset'])}", err=True)
-    out["train"] = step_train(ctx, run_dir, base, restart, quiet)
-    click.echo(f"train: {_train_summary(out['train'])}", err=True)
-    out["eval"] = step_eval(ctx, run_dir, base, quiet)
-    click.echo(f"eval: {out['eval']['reason']}", err=True)
-    out["export"] = step_export(ctx, run_dir, base)
-    if out["eval"]["promoted"] or force:
-        out["version"] = step_register(ctx, run_dir, base, ollama, activate, force)
-    else:
-        out["version"] = None
-    _emit(out, as_json, lambda o: _version_line(o["version"]) if o["version"] else
-          f"{o['run']}: not registered — the adapter {o['eval']['reason']}")
+    dataset = step_dataset(ctx, run_dir)
+    click.echo(f"data set: {dataset.summary()}", err=True)
+    trained = step_train(ctx, run_dir, base, restart, quiet)
+    click.echo(f"train: {trained.summary()}", err=True)
+    evaluated = step_eval(ctx, run_dir, base, quiet)
+    click.echo(f"eval: {evaluated.reason}", err=True)
+    exported = step_export(ctx, run_dir, base)
+    version = (step_register(ctx, run_dir, base, ollama, activate, force)
+               if evaluated.promoted or force else None)
+    out = {"run": run_dir.name, "dataset": dataset, "train": trained, "eval": evaluated,
+           "export": exported, "version": version}
+    _emit(out, as_json, lambda o: _version_line(version) if version else
+          f"{run_dir.name}: not registered — the adapter {evaluated.reason}")
 
 
 # --- models --------------------------------------------------------------------------------------------

@@ -24,19 +24,16 @@ import json
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.documents import Document
 
 from core.errors import LocalCatError
 from core.schemas import Answer
 from core.settings import FinetuneSettings
-
-Split = Literal["train", "val", "test"]
-SPLITS: tuple[Split, ...] = ("train", "val", "test")
+from finetune.artifacts import SPLITS, DatasetReport, RunLayout, Split
 
 
 class NotEnoughData(LocalCatError):
@@ -72,29 +69,6 @@ def _blocked(text: str, blocklist: Iterable[str]) -> str | None:
         if re.search(rf"(?<!\w){re.escape(word.casefold())}(?!\w)", low):
             return word
     return None
-
-
-@dataclass
-class DatasetReport:
-    run: str
-    path: str
-    feedback_rows: int = 0
-    sft: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    kto: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
-    sources: dict[str, int] = field(default_factory=dict)
-    context: dict[str, int] = field(default_factory=dict)
-    dropped: dict[str, int] = field(default_factory=dict)
-    test_fallback: bool = False
-    sha256: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-    def summary(self) -> str:
-        sft = ", ".join(f"{k} {v}" for k, v in self.sft.items())
-        dropped = ", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"
-        return (f"{self.feedback_rows} verdicts → SFT {sft}; KTO {sum(self.kto.values())} rows; "
-                f"dropped: {dropped}")
 
 
 class PromptBuilder:
@@ -225,15 +199,15 @@ def iter_examples(
 
 
 def build_dataset(
-    feedback: Any, store: Any | None, out_dir: Path, settings: FinetuneSettings, *,
-    history_turns: int, run: str,
+    feedback: Any, store: Any | None, run: RunLayout, settings: FinetuneSettings, *,
+    history_turns: int,
 ) -> DatasetReport:
-    """Write ``out_dir/{train,val,test,kto}.jsonl`` and ``report.json``; return the report.
+    """Write the run's ``dataset/{train,val,test,kto}.jsonl`` and ``report.json``; return the report.
 
     ``feedback`` is a ``FeedbackStore``, ``store`` the ``ChunkStore`` (None when nothing was ever
     ingested). Raises NotEnoughData when the training or test split would be too small.
     """
-    report = DatasetReport(run=run, path=str(out_dir))
+    report = DatasetReport(run=run.name, path=run.dataset)
     builder = PromptBuilder(store, history_turns)
     rows: dict[str, list[dict[str, Any]]] = {"sft": [], "kto": []}
     for dataset, row in iter_examples(feedback.iter_feedback(latest_only=True), builder, settings, report):
@@ -266,13 +240,13 @@ def build_dataset(
             "LOCALCAT_FINETUNE__MIN_EXAMPLES",
         )
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run.dataset.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     for split in SPLITS:
-        digest.update(_write_jsonl(out_dir / f"{split}.jsonl", [r for r in sft if r["split"] == split]))
-    digest.update(_write_jsonl(out_dir / "kto.jsonl", rows["kto"]))
+        digest.update(_write_jsonl(run.split(split), [r for r in sft if r["split"] == split]))
+    digest.update(_write_jsonl(run.kto, rows["kto"]))
     report.sha256 = digest.hexdigest()
-    (out_dir / "report.json").write_text(json.dumps(report.as_dict(), indent=2) + "\n")
+    report.write(run.dataset_json)
     return report
 
 

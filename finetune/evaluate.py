@@ -11,7 +11,6 @@ The adapter is promoted when its loss is lower and its answer match is no worse 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import sys
@@ -22,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ConfigError
-from core.gguf import BaseMismatch
 from core.settings import FinetuneSettings
+from finetune.artifacts import EvalReport, Metrics, RunLayout, Sample, Scores
 from finetune.base import BaseRef, Vocab, hf_weights, require
 from finetune.dataset import read_jsonl
 from finetune.modelfile import stop_markers
-from finetune.train import MANIFEST, Example, run_paths, tokenize_rows
+from finetune.train import Example, tokenize_rows
 
 _TOKEN = re.compile(r"\[\d+\]|\w+")
 
@@ -47,39 +46,17 @@ def token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def read_manifest(adapter_dir: Path) -> dict[str, Any]:
-    path = adapter_dir / MANIFEST
-    if not path.is_file():
-        raise ConfigError(
-            f"{adapter_dir} is not a trained LocalCat adapter (no {MANIFEST})",
-            "train it first with `localcat finetune train`",
-        )
-    return json.loads(path.read_text())
-
-
-def check_base(manifest: dict[str, Any], base: BaseRef) -> None:
-    """Refuse an adapter trained on another base model than ``base``."""
-    trained = manifest["base"]
-    if trained["sha256"] != base.sha256:
-        raise BaseMismatch(
-            f"The adapter was trained on {trained['name']} (sha256 {trained['sha256'][:12]}…), "
-            f"not on {base.name} (sha256 {base.sha256[:12]}…)",
-            f"use --base {trained['path']}, or train a new adapter on {base.name}",
-        )
-
-
 def evaluate(
     run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path, progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> EvalReport:
     """Write eval/eval.json and eval/eval.md for the run's adapter; return the report."""
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    paths = run_paths(run_dir)
-    manifest = read_manifest(paths["adapter"])
-    check_base(manifest, base)
-    rows = read_jsonl(paths["dataset"] / "test.jsonl")[: ft.eval_limit]
+    run = RunLayout(run_dir)
+    run.read_manifest().check_base(base)
+    rows = read_jsonl(run.split("test"))[: ft.eval_limit]
     if not rows:
-        raise ConfigError(f"Run {run_dir.name} has no test examples",
+        raise ConfigError(f"Run {run.name} has no test examples",
                           "rebuild the data set with more feedback")
     torch = require("torch", "torch")
     transformers = require("transformers", "transformers")
@@ -97,13 +74,13 @@ def evaluate(
         say(f"Evaluating base vs adapter on {len(examples)} test examples…")
         started = time.perf_counter()
         model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch.float32)
-        model = peft.PeftModel.from_pretrained(model, str(paths["adapter"]))
+        model = peft.PeftModel.from_pretrained(model, str(run.adapter))
         model.eval()
         from tqdm.auto import tqdm
 
         bar = tqdm(total=2 * len(examples), desc="eval", unit="ex", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
-        results: dict[str, dict[str, Any]] = {}
+        results: dict[str, Scores] = {}
         answers: dict[str, list[str]] = {}
         for name in ("base", "adapter"):
             with torch.no_grad(), _adapter(model, enabled=name == "adapter"):
@@ -121,37 +98,33 @@ def evaluate(
                     exact += int(" ".join(answer_tokens(text)) == " ".join(answer_tokens(ex.target)))
                     bar.update(1)
             loss = nll / max(count, 1)
-            results[name] = {"loss": round(loss, 5), "perplexity": round(math.exp(min(loss, 50)), 4),
-                             "answer_f1": round(sum(f1s) / len(f1s), 4),
-                             "exact_match": round(exact / len(examples), 4)}
+            results[name] = Scores(loss=round(loss, 5), perplexity=round(math.exp(min(loss, 50)), 4),
+                                   answer_f1=round(sum(f1s) / len(f1s), 4),
+                                   exact_match=round(exact / len(examples), 4))
             answers[name] = texts
         bar.close()
 
     b, a = results["base"], results["adapter"]
-    promoted = a["loss"] < b["loss"] and a["answer_f1"] >= b["answer_f1"]
-    reason = (
-        f"loss {b['loss']:.4f} → {a['loss']:.4f}, answer F1 {b['answer_f1']:.3f} → {a['answer_f1']:.3f}"
-    )
-    report = {
-        "run": run_dir.name,
-        "base": base.describe(),
-        "examples": len(examples),
-        "too_long": too_long,
-        "metrics": results,
-        "promoted": promoted,
-        "reason": ("beats the base: " if promoted else "does not beat the base: ") + reason,
-        "rule": "promoted when adapter loss < base loss and adapter answer F1 >= base answer F1",
-        "seconds": round(time.perf_counter() - started, 2),
-        "samples": [
-            {"question": ex.question, "reference": ex.target, "base": answers["base"][i],
-             "adapter": answers["adapter"][i]}
+    promoted = a.loss < b.loss and a.answer_f1 >= b.answer_f1
+    reason = f"loss {b.loss:.4f} → {a.loss:.4f}, answer F1 {b.answer_f1:.3f} → {a.answer_f1:.3f}"
+    report = EvalReport(
+        run=run.name,
+        base=base.describe(),
+        examples=len(examples),
+        too_long=too_long,
+        metrics=Metrics(base=b, adapter=a),
+        promoted=promoted,
+        reason=("beats the base: " if promoted else "does not beat the base: ") + reason,
+        rule="promoted when adapter loss < base loss and adapter answer F1 >= base answer F1",
+        seconds=round(time.perf_counter() - started, 2),
+        samples=[
+            Sample(question=ex.question, reference=ex.target, base=answers["base"][i],
+                   adapter=answers["adapter"][i])
             for i, ex in enumerate(examples[:10])
         ],
-    }
-    out = paths["eval"]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    (out / "eval.md").write_text(markdown(report))
+    )
+    report.write(run.eval_json)
+    run.eval_md.write_text(markdown(report), encoding="utf-8")
     return report
 
 
@@ -184,23 +157,22 @@ def _generate(model: Any, ex: Example, vocab: Vocab, stop_ids: Sequence[int], pa
     return text.strip()
 
 
-def markdown(report: dict[str, Any]) -> str:
-    m = report["metrics"]
+def markdown(report: EvalReport) -> str:
     lines = [
-        f"# Evaluation of {report['run']}",
+        f"# Evaluation of {report.run}",
         "",
-        f"Base: `{report['base']['name']}` · {report['examples']} test examples · "
-        f"**{'promoted' if report['promoted'] else 'not promoted'}** ({report['reason']})",
+        f"Base: `{report.base.name}` · {report.examples} test examples · "
+        f"**{'promoted' if report.promoted else 'not promoted'}** ({report.reason})",
         "",
         "| | loss | perplexity | answer F1 | exact match |",
         "|---|---:|---:|---:|---:|",
     ]
     for name in ("base", "adapter"):
-        r = m[name]
-        lines.append(f"| {name} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['answer_f1']:.3f} "
-                     f"| {r['exact_match']:.3f} |")
+        r: Scores = getattr(report.metrics, name)
+        lines.append(f"| {name} | {r.loss:.4f} | {r.perplexity:.3f} | {r.answer_f1:.3f} "
+                     f"| {r.exact_match:.3f} |")
     lines += ["", "## Samples", ""]
-    for s in report["samples"]:
-        lines += [f"- **Q:** {s['question']}", f"  - reference: {s['reference']}",
-                  f"  - base: {s['base']}", f"  - adapter: {s['adapter']}"]
+    for s in report.samples:
+        lines += [f"- **Q:** {s.question}", f"  - reference: {s.reference}",
+                  f"  - base: {s.base}", f"  - adapter: {s.adapter}"]
     return "\n".join(lines) + "\n"

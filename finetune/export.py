@@ -7,21 +7,25 @@ their own ``gguf-py`` first on the path.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 from core.errors import LocalCatError, MissingDependency
 from core.gguf import AdapterCorrupt, check_lora_gguf, file_sha256
 from core.settings import FinetuneSettings
+from finetune.artifacts import (
+    ADAPTER_GGUF,
+    MANIFEST,
+    ExportChecksums,
+    ExportResult,
+    ExportSizes,
+    RunLayout,
+)
 from finetune.base import BaseRef, Vocab, hf_weights
-from finetune.evaluate import check_base, read_manifest
 from finetune.modelfile import render_modelfile
-from finetune.train import MANIFEST, run_paths
 
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json", MANIFEST)
 
@@ -57,36 +61,34 @@ def check_safetensors(path: Path) -> None:
         ) from err
 
 
-def export(run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path) -> dict[str, Any]:
+def export(run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path) -> ExportResult:
     """Write export/{adapter/, adapter.gguf, Modelfile, export.json}; return export.json's data."""
-    paths = run_paths(run_dir)
-    adapter = paths["adapter"]
-    manifest = read_manifest(adapter)
-    check_base(manifest, base)
+    run = RunLayout(run_dir)
+    manifest = run.read_manifest()
+    manifest.check_base(base)
     if base.kind != "gguf":
         raise LocalCatError(
             f"{base.name} is a Hugging Face folder; llama.cpp and Ollama serve GGUF files",
             "convert it once with llama.cpp's convert_hf_to_gguf.py and fine-tune the GGUF",
         )
-    check_safetensors(adapter / "adapter_model.safetensors")
+    check_safetensors(run.adapter / "adapter_model.safetensors")
     tools = llama_cpp_tools(ft)
-    out = paths["export"]
-    shutil.rmtree(out, ignore_errors=True)
-    (out / "adapter").mkdir(parents=True)
+    shutil.rmtree(run.export, ignore_errors=True)
+    run.export_adapter.mkdir(parents=True)
     for name in ADAPTER_FILES:
-        shutil.copy2(adapter / name, out / "adapter" / name)
+        shutil.copy2(run.adapter / name, run.export_adapter / name)
 
     with Vocab(base) as vocab:
         hf_dir = hf_weights(base, cache_dir, vocab)
         template = vocab.template
-    if template.sha256 != manifest["chat_template"]["sha256"]:
+    if template.sha256 != manifest.chat_template.sha256:
         raise LocalCatError(
             "The base's chat template changed since the adapter was trained",
             "train the adapter again on this base",
         )
-    gguf = out / "adapter.gguf"
+    gguf = run.export_gguf
     done = _run_tool(tools, "convert_lora_to_gguf.py",
-                     [str(out / "adapter"), "--base", str(hf_dir), "--outfile", str(gguf),
+                     [str(run.export_adapter), "--base", str(hf_dir), "--outfile", str(gguf),
                       "--outtype", ft.lora_outtype])
     if done.returncode != 0 or not gguf.is_file():
         raise LocalCatError(
@@ -95,23 +97,23 @@ def export(run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Pat
         )
     check_lora_gguf(gguf, base.path)
     modelfile = render_modelfile(
-        base.path, "./adapter.gguf", template,
-        comment=f"LocalCat fine-tune {run_dir.name}: {base.name} + LoRA ({manifest['trainer']})\n"
+        base.path, f"./{ADAPTER_GGUF}", template,
+        comment=f"LocalCat fine-tune {run.name}: {base.name} + LoRA ({manifest.trainer})\n"
                 f"base sha256 {base.sha256}",
     )
-    (out / "Modelfile").write_text(modelfile)
-    result = {
-        "run": run_dir.name,
-        "base": base.describe(),
-        "adapter_dir": str(out / "adapter"),
-        "adapter_gguf": str(gguf),
-        "modelfile": str(out / "Modelfile"),
-        "sha256": {
-            "adapter.gguf": file_sha256(gguf),
-            "adapter_model.safetensors": file_sha256(out / "adapter" / "adapter_model.safetensors"),
-        },
-        "bytes": {"adapter.gguf": gguf.stat().st_size},
-        "chat_template_sha256": template.sha256,
-    }
-    (out / "export.json").write_text(json.dumps(result, indent=2) + "\n")
+    run.modelfile.write_text(modelfile)
+    result = ExportResult(
+        run=run.name,
+        base=base.describe(),
+        adapter_dir=run.export_adapter,
+        adapter_gguf=gguf,
+        modelfile=run.modelfile,
+        sha256=ExportChecksums(
+            adapter_gguf=file_sha256(gguf),
+            adapter_safetensors=file_sha256(run.export_adapter / "adapter_model.safetensors"),
+        ),
+        sizes=ExportSizes(adapter_gguf=gguf.stat().st_size),
+        chat_template_sha256=template.sha256,
+    )
+    result.write(run.export_json)
     return result

@@ -21,6 +21,8 @@ from typing import Any
 from core.errors import BadRequest, ConfigError, LocalCatError
 from core.settings import LLMSettings
 from core.sqlite import Database, migrations
+from finetune.artifacts import ADAPTER_GGUF, MODELFILE, RunLayout, read_manifest
+from finetune.base import BaseInfo, ChatTemplate
 
 REGISTRY_FILE = "registry.sqlite"
 MIGRATIONS, _migration = migrations()
@@ -138,9 +140,9 @@ class ModelRegistry(Database):
 
     # --- writes -----------------------------------------------------------------------------------
 
-    def add(self, *, run: str, base: dict[str, str], trainer: str, export_dir: Path,
+    def add(self, *, run: str, base: BaseInfo, trainer: str, export_dir: Path,
             dataset: dict[str, Any], metrics: dict[str, Any], status: str,
-            sha256: dict[str, str]) -> Version:
+            adapter_sha256: str) -> Version:
         """Copy the export's artifacts under a new version name and record it (not active yet)."""
         with self.transaction() as db:
             n = db.execute("SELECT coalesce(max(id), 0) + 1 FROM versions").fetchone()[0]
@@ -151,18 +153,18 @@ class ModelRegistry(Database):
             shutil.copytree(export_dir, target)
             # Named after the version: llama.cpp's model tag (kept with every answer) becomes
             # e.g. "smollm2+lora:v3", so feedback says which version answered.
-            (target / "adapter.gguf").rename(target / f"{name}.gguf")
-            modelfile = target / "Modelfile"
+            (target / ADAPTER_GGUF).rename(target / f"{name}.gguf")
+            modelfile = target / MODELFILE
             modelfile.write_text(modelfile.read_text().replace(
-                "ADAPTER ./adapter.gguf", f"ADAPTER ./{name}.gguf"))
+                f"ADAPTER ./{ADAPTER_GGUF}", f"ADAPTER ./{name}.gguf"))
             active = db.execute("SELECT id FROM versions WHERE active = 1").fetchone()
             db.execute(
                 """INSERT INTO versions (id, name, run, parent, base_name, base_path, base_sha256,
                    trainer, adapter_gguf, adapter_sha256, adapter_dir, modelfile, dataset, metrics,
                    status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (n, name, run, active[0] if active else None, base["name"], base["path"],
-                 base["sha256"], trainer, str(target / f"{name}.gguf"), sha256["adapter.gguf"],
-                 str(target / "adapter"), str(target / "Modelfile"), json.dumps(dataset),
+                (n, name, run, active[0] if active else None, base.name, str(base.path),
+                 base.sha256, trainer, str(target / f"{name}.gguf"), adapter_sha256,
+                 str(target / "adapter"), str(modelfile), json.dumps(dataset),
                  json.dumps(metrics), status, datetime.now(UTC).isoformat()),
             )
         return self.get(name)
@@ -271,43 +273,34 @@ def register_run(
     and one llama.cpp cannot load. ``ollama``: True registers in Ollama too, None does when an
     Ollama answers at ``ollama_host``, False never.
     """
-    from core.llm import AUTO_PROBE_S, ollama_status
-    from finetune.evaluate import check_base, read_manifest
-    from finetune.train import run_paths
-
-    paths = run_paths(run_dir)
-    export_json = paths["export"] / "export.json"
-    if not export_json.is_file():
-        raise ConfigError(f"Run {run_dir.name} has not been exported",
-                          f"run `localcat finetune export --run {run_dir.name}` first")
-    exported = json.loads(export_json.read_text())
-    manifest = read_manifest(paths["export"] / "adapter")
-    check_base(manifest, base)
-    eval_json = paths["eval"] / "eval.json"
-    report = json.loads(eval_json.read_text()) if eval_json.is_file() else None
-    if report is None and not force:
-        raise NotPromoted(f"Run {run_dir.name} has not been evaluated",
-                          f"run `localcat finetune eval --run {run_dir.name}` (or pass --force)")
-    if report is not None and not report["promoted"] and not force:
-        raise NotPromoted(f"The adapter of {run_dir.name} {report['reason']}",
-                          "collect more feedback and train again, or register it anyway with --force")
-    gguf = paths["export"] / "adapter.gguf"
     from core.gguf import AdapterCorrupt, check_lora_gguf, file_sha256
+    from core.llm import AUTO_PROBE_S, ollama_status
 
+    layout = RunLayout(run_dir)
+    exported = layout.read_export()
+    manifest = read_manifest(layout.export_adapter)
+    manifest.check_base(base)
+    report = layout.read_eval() if layout.eval_json.is_file() else None
+    if report is None and not force:
+        raise NotPromoted(f"Run {layout.name} has not been evaluated",
+                          f"run `localcat finetune eval --run {layout.name}` (or pass --force)")
+    if report is not None and not report.promoted and not force:
+        raise NotPromoted(f"The adapter of {layout.name} {report.reason}",
+                          "collect more feedback and train again, or register it anyway with --force")
+    gguf = layout.export_gguf
     check_lora_gguf(gguf, base.path)
-    if file_sha256(gguf) != exported["sha256"]["adapter.gguf"]:
+    if file_sha256(gguf) != exported.sha256.adapter_gguf:
         raise AdapterCorrupt(f"{gguf} changed since it was exported (checksum differs)",
-                             f"export it again: `localcat finetune export --run {run_dir.name}`")
-    dataset = json.loads((paths["dataset"] / "report.json").read_text())
+                             f"export it again: `localcat finetune export --run {layout.name}`")
+    dataset = layout.read_dataset()
     # Registering the same export again adds nothing; it may still add Ollama or activate.
-    version = registry.find(run_dir.name, exported["sha256"]["adapter.gguf"]) or registry.add(
-        run=run_dir.name, base=base.describe(), trainer=manifest["trainer"],
-        export_dir=paths["export"],
-        dataset={"run": dataset["run"], "sha256": dataset["sha256"], "sft": dataset["sft"],
-                 "kto": dataset["kto"]},
-        metrics=(report or {}).get("metrics", {}),
-        status="promoted" if report is not None and report["promoted"] else "forced",
-        sha256=exported["sha256"],
+    version = registry.find(layout.name, exported.sha256.adapter_gguf) or registry.add(
+        run=layout.name, base=base.describe(), trainer=manifest.trainer,
+        export_dir=layout.export,
+        dataset=dataset.model_dump(mode="json", include={"run", "sha256", "sft", "kto"}),
+        metrics=report.metrics.model_dump(mode="json") if report is not None else {},
+        status="promoted" if report is not None and report.promoted else "forced",
+        adapter_sha256=exported.sha256.adapter_gguf,
     )
     if ollama or (ollama is None and ollama_status(ollama_host, AUTO_PROBE_S) is not None):
         name = f"{ollama_prefix}-{base.slug}:{version.name}"
@@ -367,9 +360,5 @@ def _blob(client: Any, host: str, path: Path) -> str:
     return client.create_blob(path)
 
 
-def _template_of(version: Version) -> Any:
-    from finetune.base import ChatTemplate
-
-    manifest = json.loads((Path(version.adapter_dir) / "localcat-adapter.json").read_text())
-    t = manifest["chat_template"]
-    return ChatTemplate(t["source"], bos_token=t["bos_token"], eos_token=t["eos_token"])
+def _template_of(version: Version) -> ChatTemplate:
+    return read_manifest(Path(version.adapter_dir)).chat_template.template()

@@ -6,7 +6,7 @@ to its end-of-turn marker, and only the completion is learned. The trainer gets 
 ``labels`` and has nothing left to guess.
 
 A run keeps checkpoints and starts again from the last one; the loss curve is written as JSON and
-PNG. The plain PEFT trainer exists for machines where unsloth cannot be installed: it is used only
+as a matplotlib plot. The plain PEFT trainer exists for machines where unsloth cannot be installed: it is used only
 when asked for (``--trainer peft``) and the result says so.
 """
 
@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,11 +28,22 @@ from typing import Any
 
 from core.errors import ConfigError, LocalCatError
 from core.settings import FinetuneSettings
+from finetune.artifacts import (
+    AdapterManifest,
+    DatasetRef,
+    EvalPoint,
+    ExampleCounts,
+    LoraInfo,
+    LossHistory,
+    RunLayout,
+    TemplateInfo,
+    TrainPoint,
+    TrainResult,
+)
 from finetune.base import BaseRef, Vocab, hf_weights, require
 from finetune.dataset import read_jsonl
 from finetune.modelfile import stop_markers
 
-MANIFEST = "localcat-adapter.json"
 UNSLOTH_INSTALL = "./scripts/setup --finetune"
 
 
@@ -69,13 +81,6 @@ def tokenize_rows(
         out.append(Example(row["id"], row["question"], prompt, row["target"], p_ids + c_ids,
                            [-100] * len(p_ids) + c_ids))
     return out, too_long
-
-
-def run_paths(run_dir: Path) -> dict[str, Path]:
-    t = run_dir / "train"
-    return {"dataset": run_dir / "dataset", "train": t, "checkpoints": t / "checkpoints",
-            "adapter": t / "adapter", "loss_json": t / "loss.json", "loss_png": t / "loss.png",
-            "result": t / "train.json", "eval": run_dir / "eval", "export": run_dir / "export"}
 
 
 def _versions() -> dict[str, str]:
@@ -126,33 +131,28 @@ def _fingerprint(base: BaseRef, dataset_sha: str, ft: FinetuneSettings, trainer:
 def train(
     run_dir: Path, base: BaseRef, ft: FinetuneSettings, *, cache_dir: Path,
     resume: bool = True, progress: bool = True, log: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
+) -> TrainResult:
     """Train the run's LoRA; returns (and writes to train/train.json) what happened."""
     say = log or (lambda msg: print(msg, file=sys.stderr))
-    paths = run_paths(run_dir)
-    report_path = paths["dataset"] / "report.json"
-    if not report_path.is_file():
-        raise ConfigError(f"Run {run_dir.name} has no data set",
-                          f"build it first: `localcat finetune dataset --run {run_dir.name}`")
-    dataset = json.loads(report_path.read_text())
+    run = RunLayout(run_dir)
+    dataset = run.read_dataset()
     trainer_kind = ft.trainer
-    fingerprint = _fingerprint(base, dataset["sha256"], ft, trainer_kind)
-    paths["train"].mkdir(parents=True, exist_ok=True)
-    stamp = paths["train"] / "fingerprint.txt"
-    checkpoint = _last_checkpoint(paths["checkpoints"]) if resume else None
-    if checkpoint and stamp.is_file() and stamp.read_text().strip() != fingerprint:
+    fingerprint = _fingerprint(base, dataset.sha256, ft, trainer_kind)
+    run.train.mkdir(parents=True, exist_ok=True)
+    checkpoint = _last_checkpoint(run.checkpoints) if resume else None
+    if checkpoint and run.fingerprint.is_file() and (
+        run.fingerprint.read_text().strip() != fingerprint
+    ):
         raise ConfigError(
-            f"The checkpoints in {paths['checkpoints']} were made from other data, base or settings",
-            f"start over with `localcat finetune train --run {run_dir.name} --restart`",
+            f"The checkpoints in {run.checkpoints} were made from other data, base or settings",
+            f"start over with `localcat finetune train --run {run.name} --restart`",
         )
     if not resume:
-        import shutil
-
-        shutil.rmtree(paths["checkpoints"], ignore_errors=True)
-    stamp.write_text(fingerprint + "\n")
-    done = _finished(paths, checkpoint, fingerprint)
+        shutil.rmtree(run.checkpoints, ignore_errors=True)
+    run.fingerprint.write_text(fingerprint + "\n")
+    done = _finished(run, checkpoint, fingerprint)
     if done is not None:
-        say(f"{run_dir.name} is already trained ({checkpoint.name}); nothing to do")
+        say(f"{run.name} is already trained ({checkpoint.name}); nothing to do")
         return done
     if trainer_kind == "unsloth":
         import_unsloth()  # before anything imports transformers
@@ -164,9 +164,9 @@ def train(
         say(f"Preparing {base.name} for training…")
         hf_dir = hf_weights(base, cache_dir, vocab)
         stops = stop_markers(vocab.template)
-        train_ex, long_train = tokenize_rows(read_jsonl(paths["dataset"] / "train.jsonl"), vocab,
+        train_ex, long_train = tokenize_rows(read_jsonl(run.split("train")), vocab,
                                              ft.max_seq_length, stops)
-        val_ex, long_val = tokenize_rows(read_jsonl(paths["dataset"] / "val.jsonl"), vocab,
+        val_ex, long_val = tokenize_rows(read_jsonl(run.split("val")), vocab,
                                          ft.max_seq_length, stops)
         template = vocab.template
         pad_id = vocab.pad_id if vocab.pad_id is not None else (vocab.eos_id or 0)
@@ -180,8 +180,8 @@ def train(
     total = ft.max_steps or max(1, math.ceil(steps_per_epoch * ft.epochs))
     require("transformers", "transformers").set_seed(ft.seed)  # LoRA init and data order
     model, tokenizer = _load(trainer_kind, hf_dir, ft, torch)
-    trainer = _trainer(trainer_kind, model, tokenizer, train_ex, val_ex, paths, ft, total, pad_id,
-                       torch)
+    trainer = _trainer(trainer_kind, model, tokenizer, train_ex, val_ex, run.checkpoints, ft,
+                       total, pad_id, torch)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):
@@ -198,71 +198,65 @@ def train(
     except (RuntimeError, ValueError) as err:
         raise TrainingFailed(
             f"Training stopped: {err}",
-            f"fix the cause and run it again; it resumes from {paths['checkpoints']}",
+            f"fix the cause and run it again; it resumes from {run.checkpoints}",
         ) from err
     seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     steps_done = trainer.state.global_step - start_step
 
-    adapter = paths["adapter"]
-    model.save_pretrained(str(adapter))
-    history = _loss_history(trainer.state.log_history)
-    paths["loss_json"].write_text(json.dumps(history, indent=2) + "\n")
-    plot_loss(history, paths["loss_png"], title=f"{run_dir.name} · {trainer_kind} · {base.name}")
-    result = {
-        "run": run_dir.name,
-        "trainer": trainer_kind,
-        "fallback": trainer_kind != "unsloth",
-        "base": base.describe(),
-        "examples": {"train": len(train_ex), "val": len(val_ex),
-                     "too_long": long_train + long_val},
-        "steps": trainer.state.global_step,
-        "steps_this_session": steps_done,
-        "resumed_from": checkpoint.name if checkpoint else None,
-        "seconds": round(seconds, 2),
-        "steps_per_second": round(steps_done / seconds, 3) if seconds > 0 else None,
-        # CPU time is steadier than wall time on a shared machine.
-        "cpu_seconds": round(cpu_seconds, 2),
-        "train_loss": round(float(out.training_loss), 5),
-        "final_eval_loss": next((h["eval_loss"] for h in reversed(history["eval"])), None),
-        "adapter": str(adapter),
-        "loss_png": str(paths["loss_png"]),
-    }
-    manifest = {
-        "format": 1,
-        "base": base.describe(),
-        "chat_template": {"source": template.source, "sha256": template.sha256,
-                          "bos_token": template.bos_token, "eos_token": template.eos_token,
-                          "stops": stops},
-        "trainer": trainer_kind,
-        "lora": {"r": ft.lora_r, "alpha": ft.lora_alpha, "dropout": ft.lora_dropout,
-                 "target_modules": ft.target_modules},
-        "dataset": {"run": run_dir.name, "sha256": dataset["sha256"], "sft": dataset["sft"]},
-        "fingerprint": fingerprint,
-        "versions": _versions(),
-        "created_at": datetime.now(UTC).isoformat(),
-    }
-    (adapter / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    paths["result"].write_text(json.dumps(result, indent=2) + "\n")
+    model.save_pretrained(str(run.adapter))
+    history = loss_history(trainer.state.log_history)
+    history.write(run.loss_json)
+    plot_loss(history, run.loss_png, title=f"{run.name} · {trainer_kind} · {base.name}")
+    result = TrainResult(
+        run=run.name,
+        trainer=trainer_kind,
+        fallback=trainer_kind != "unsloth",
+        base=base.describe(),
+        examples=ExampleCounts(train=len(train_ex), val=len(val_ex),
+                               too_long=long_train + long_val),
+        steps=trainer.state.global_step,
+        steps_this_session=steps_done,
+        resumed_from=checkpoint.name if checkpoint else None,
+        seconds=round(seconds, 2),
+        steps_per_second=round(steps_done / seconds, 3) if seconds > 0 else None,
+        cpu_seconds=round(cpu_seconds, 2),
+        train_loss=round(float(out.training_loss), 5),
+        final_eval_loss=history.eval[-1].eval_loss if history.eval else None,
+        adapter=run.adapter,
+        loss_png=run.loss_png,
+    )
+    AdapterManifest(
+        base=base.describe(),
+        chat_template=TemplateInfo.of(template, stops),
+        trainer=trainer_kind,
+        lora=LoraInfo(r=ft.lora_r, alpha=ft.lora_alpha, dropout=ft.lora_dropout,
+                      target_modules=list(ft.target_modules)),
+        dataset=DatasetRef(run=run.name, sha256=dataset.sha256, sft=dataset.sft),
+        fingerprint=fingerprint,
+        versions=_versions(),
+        created_at=datetime.now(UTC),
+    ).write(run.manifest_json)
+    result.write(run.train_json)
     return result
 
 
-def _finished(paths: dict[str, Path], checkpoint: Path | None, fingerprint: str) -> dict | None:
+def _finished(run: RunLayout, checkpoint: Path | None, fingerprint: str) -> TrainResult | None:
     """The earlier result when the last checkpoint is the final step and its adapter was saved.
 
     (Resuming a finished run would otherwise train one step past max_steps.)
     """
-    if checkpoint is None or not paths["result"].is_file():
+    if checkpoint is None or not run.train_json.is_file():
         return None
-    state = json.loads((checkpoint / "trainer_state.json").read_text())
-    manifest = paths["adapter"] / MANIFEST
-    if state["global_step"] < state["max_steps"] or not manifest.is_file():
+    state = json.loads((checkpoint / "trainer_state.json").read_text())  # the Trainer's file
+    if state["global_step"] < state["max_steps"] or not run.manifest_json.is_file():
         return None
-    if json.loads(manifest.read_text()).get("fingerprint") != fingerprint:
+    if run.read_manifest().fingerprint != fingerprint:
         return None
-    result = json.loads(paths["result"].read_text())
-    return {**result, "resumed_from": checkpoint.name, "steps_this_session": 0, "seconds": 0.0,
-            "steps_per_second": None}
+    return run.read_train().model_copy(update={
+        "resumed_from": checkpoint.name, "steps_this_session": 0, "seconds": 0.0,
+        "steps_per_second": None,
+    })
 
 
 def _last_checkpoint(folder: Path) -> Path | None:
@@ -300,11 +294,12 @@ def _load(kind: str, hf_dir: Path, ft: FinetuneSettings, torch: Any) -> tuple[An
     config = peft.LoraConfig(r=ft.lora_r, lora_alpha=ft.lora_alpha, lora_dropout=ft.lora_dropout,
                              target_modules=list(ft.target_modules), bias="none",
                              task_type="CAUSAL_LM")
-    return peft.get_peft_model(model, config), None
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    return peft.get_peft_model(model, config), tokenizer
 
 
 def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
-             val_ex: list[Example], paths: dict[str, Path], ft: FinetuneSettings, total: int,
+             val_ex: list[Example], checkpoints: Path, ft: FinetuneSettings, total: int,
              pad_id: int, torch: Any) -> Any:
     datasets = require("datasets", "datasets")
 
@@ -314,7 +309,7 @@ def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
         )
 
     common = dict(
-        output_dir=str(paths["checkpoints"]),
+        output_dir=str(checkpoints),
         max_steps=total,
         per_device_train_batch_size=ft.batch_size,
         per_device_eval_batch_size=ft.batch_size,
@@ -348,25 +343,21 @@ def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
 
     return Trainer(model=model, args=TrainingArguments(**common),
                    train_dataset=table(train_ex), eval_dataset=table(val_ex) if val_ex else None,
-                   data_collator=_Collator(pad_id, torch))
+                   data_collator=collator(tokenizer, pad_id))
 
 
-class _Collator:
-    """Right-pads ids with the pad token and labels with -100."""
+def collator(tokenizer: Any, pad_id: int) -> Any:
+    """Batches of ``input_ids``/``labels``: ids right-padded with ``pad_id``, labels with -100.
 
-    def __init__(self, pad_id: int, torch: Any):
-        self.pad_id, self.torch = pad_id, torch
+    Right padding keeps each example's positions as llama.cpp serves them (from 0), and the
+    padding token is the base's as llama.cpp reads it, whatever the Hugging Face tokenizer says.
+    """
+    from transformers import DataCollatorForSeq2Seq
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        width = max(len(f["input_ids"]) for f in features)
-
-        def pad(key: str, value: int) -> Any:
-            return self.torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
-
-        mask = self.torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
-                                  for f in features])
-        return {"input_ids": pad("input_ids", self.pad_id), "labels": pad("labels", -100),
-                "attention_mask": mask}
+    tokenizer.padding_side = "right"
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100,
+                                  return_tensors="pt")
 
 
 def _progress_callback(total: int, enabled: bool) -> Any:
@@ -399,53 +390,59 @@ def _progress_callback(total: int, enabled: bool) -> Any:
     return Progress()
 
 
-def _loss_history(log_history: list[dict[str, Any]]) -> dict[str, list[dict[str, float]]]:
-    train, evals = [], []
+def loss_history(log_history: list[dict[str, Any]]) -> LossHistory:
+    """The Trainer's log (``trainer.state.log_history``) as training and validation loss."""
+    history = LossHistory()
     for entry in log_history:
         if "loss" in entry:
-            train.append({"step": int(entry["step"]), "loss": round(float(entry["loss"]), 5),
-                          "learning_rate": float(entry.get("learning_rate", 0.0))})
+            history.train.append(TrainPoint(step=int(entry["step"]),
+                                            loss=round(float(entry["loss"]), 5),
+                                            learning_rate=float(entry.get("learning_rate", 0.0))))
         if "eval_loss" in entry:
-            evals.append({"step": int(entry["step"]), "eval_loss": round(float(entry["eval_loss"]), 5)})
-    return {"train": train, "eval": evals}
+            history.eval.append(EvalPoint(step=int(entry["step"]),
+                                          eval_loss=round(float(entry["eval_loss"]), 5)))
+    return history
 
 
-def plot_loss(history: dict[str, list[dict[str, float]]], path: Path, title: str = "") -> None:
-    """A small PNG of training (blue) and validation (orange) loss per step, drawn with Pillow."""
-    from PIL import Image, ImageDraw
+def smooth(values: Sequence[float], weight: float = 0.6) -> list[float]:
+    """Exponential moving average, bias-corrected as TensorBoard's smoothing is, so the first
+    points are not pulled towards zero."""
+    out, average = [], 0.0
+    for i, value in enumerate(values, start=1):
+        average = weight * average + (1 - weight) * value
+        out.append(average / (1 - weight**i))
+    return out
 
-    width, height, margin = 640, 360, 48
-    image = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(image)
-    points = [(h["step"], h["loss"]) for h in history["train"]]
-    evals = [(h["step"], h["eval_loss"]) for h in history["eval"]]
-    every = points + evals
-    draw.text((margin, 8), title or "loss", fill="black")
+
+def loss_figure(history: LossHistory, title: str = "") -> Any:
+    """A matplotlib Figure: raw training loss (faint), its smoothed curve, and validation loss."""
+    # The Agg canvas directly, not pyplot: no GUI backend and no global state in a library.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(8, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    steps, losses = [p.step for p in history.train], [p.loss for p in history.train]
+    val_steps, val_losses = [p.step for p in history.eval], [p.eval_loss for p in history.eval]
+    if history.train:
+        ax.plot(steps, losses, color="C0", alpha=0.3, linewidth=1, label="train loss")
+        ax.plot(steps, smooth(losses), color="C0", linewidth=2, label="train loss (smoothed)")
+    if history.eval:
+        ax.plot(val_steps, val_losses, color="C1", marker="o", linewidth=1.5, label="val loss")
+    every = losses + val_losses
+    if every and min(every) > 0 and max(every) / min(every) > 20:
+        ax.set_yscale("log")  # a LoRA on a small set often drops the loss by orders of magnitude
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (per completion token)")
+    ax.set_title(title or "loss")
+    ax.grid(True, alpha=0.3)
     if every:
-        steps = [s for s, _ in every]
-        losses = [v for _, v in every]
-        s0, s1 = min(steps), max(max(steps), min(steps) + 1)
-        lo, hi = min(losses), max(losses)
-        hi = hi if hi > lo else lo + 1.0
+        ax.legend()
+    return figure
 
-        def xy(step: float, loss: float) -> tuple[float, float]:
-            x = margin + (step - s0) / (s1 - s0) * (width - 2 * margin)
-            y = height - margin - (loss - lo) / (hi - lo) * (height - 2 * margin)
-            return x, y
 
-        draw.line([(margin, margin), (margin, height - margin), (width - margin, height - margin)],
-                  fill="black")
-        draw.text((4, margin - 6), f"{hi:.3g}", fill="black")
-        draw.text((4, height - margin - 6), f"{lo:.3g}", fill="black")
-        draw.text((margin, height - margin + 6), f"step {s0}", fill="black")
-        draw.text((width - margin - 60, height - margin + 6), f"step {s1}", fill="black")
-        for series, colour in ((points, (31, 119, 180)), (evals, (255, 127, 14))):
-            coords = [xy(s, v) for s, v in series]
-            if len(coords) > 1:
-                draw.line(coords, fill=colour, width=2)
-            for x, y in coords:
-                draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        draw.text((width - margin - 120, 8), "train", fill=(31, 119, 180))
-        draw.text((width - margin - 60, 8), "val", fill=(255, 127, 14))
+def plot_loss(history: LossHistory, path: Path, title: str = "") -> None:
+    """Write ``loss_figure`` as a PNG."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    loss_figure(history, title).savefig(path, format="png")

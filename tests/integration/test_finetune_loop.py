@@ -91,7 +91,7 @@ def fill(data: Path, gguf: Path, n: int = 40) -> None:
 
 
 def cli(*args: str, env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "finetune", *args], env=env, cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "localcat", "finetune", *args], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
 

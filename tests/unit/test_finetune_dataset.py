@@ -16,9 +16,11 @@ from langchain_core.retrievers import BaseRetriever
 from assistant.feedback import FeedbackStore
 from assistant.pipeline import RagPipeline
 from core.chunkstore import ChunkStore
+from core.errors import ConfigError
 from core.llm import to_llama_messages
 from core.schemas import Answer, Chunk, Message
 from core.settings import FinetuneSettings
+from finetune.artifacts import DatasetReport, RunLayout
 from finetune.dataset import (
     NotEnoughData,
     PromptBuilder,
@@ -145,8 +147,9 @@ def test_builds_sft_and_kto_rows_and_drops_what_it_must(
     changed = _record(feedback, "Changed my mind?", "up", reply="Fine [1].")
     feedback.add_feedback(changed.id, "down")
 
-    out = tmp_path / "run" / "dataset"
-    report = build_dataset(feedback, chunks, out, settings(), history_turns=2, run="run")
+    run = RunLayout(tmp_path / "run")
+    report = build_dataset(feedback, chunks, run, settings(), history_turns=2)
+    out = run.dataset
 
     assert report.feedback_rows == 37
     assert report.dropped == {"ungrounded": 1, "blocked": 1, "old_prompt_version": 1,
@@ -168,6 +171,8 @@ def test_builds_sft_and_kto_rows_and_drops_what_it_must(
 
     saved = json.loads((out / "report.json").read_text())
     assert saved["sft"] == report.sft and saved["sha256"] == report.sha256
+    assert run.read_dataset() == report  # written and read back through one model
+    assert run.read_dataset().summary().startswith("37 rated answers → SFT train")
 
 
 def test_split_is_by_question_and_never_leaks_test_into_train(
@@ -175,11 +180,12 @@ def test_split_is_by_question_and_never_leaks_test_into_train(
 ) -> None:
     _fill(feedback, 40)
     _record(feedback, "question number 3 about LEAVE", "up")  # same question, other wording
-    report = build_dataset(feedback, chunks, tmp_path / "a", settings(), history_turns=2, run="a")
-    again = build_dataset(feedback, chunks, tmp_path / "b", settings(), history_turns=2, run="b")
+    a, b = RunLayout(tmp_path / "a"), RunLayout(tmp_path / "b")
+    report = build_dataset(feedback, chunks, a, settings(), history_turns=2)
+    again = build_dataset(feedback, chunks, b, settings(), history_turns=2)
     assert report.sha256 == again.sha256  # deterministic
 
-    splits = {s: read_jsonl(tmp_path / "a" / f"{s}.jsonl") for s in ("train", "val", "test")}
+    splits = {s: read_jsonl(a.split(s)) for s in ("train", "val", "test")}
     questions = {s: {r["question"].casefold().strip("?") for r in rows} for s, rows in splits.items()}
     assert questions["test"] and not questions["test"] & questions["train"]
     assert not questions["val"] & questions["train"]
@@ -200,15 +206,15 @@ def test_few_questions_still_get_a_test_split(
 ) -> None:
     for q in ("Alpha?", "Beta?", "Gamma?"):
         _record(feedback, q, "up")
-    report = build_dataset(feedback, chunks, tmp_path / "d", settings(test_fraction=0.01,
-                           val_fraction=0.01), history_turns=2, run="d")
+    report = build_dataset(feedback, chunks, RunLayout(tmp_path / "d"),
+                           settings(test_fraction=0.01, val_fraction=0.01), history_turns=2)
     assert report.sft["test"] == 1 and report.test_fallback
 
 
 def test_empty_store_is_refused(feedback: FeedbackStore, tmp_path: Path) -> None:
     with pytest.raises(NotEnoughData, match="0 training and 0 test examples from 0 rated answers"):
-        build_dataset(feedback, None, tmp_path / "e", settings(min_examples=20),
-                      history_turns=2, run="e")
+        build_dataset(feedback, None, RunLayout(tmp_path / "e"), settings(min_examples=20),
+                      history_turns=2)
     assert not (tmp_path / "e").exists()
 
 
@@ -217,5 +223,18 @@ def test_too_little_data_names_the_setting(
 ) -> None:
     _fill(feedback, 5)
     with pytest.raises(NotEnoughData, match="LOCALCAT_FINETUNE__MIN_EXAMPLES"):
-        build_dataset(feedback, chunks, tmp_path / "f", settings(min_examples=20),
-                      history_turns=2, run="f")
+        build_dataset(feedback, chunks, RunLayout(tmp_path / "f"), settings(min_examples=20),
+                      history_turns=2)
+
+
+def test_a_damaged_report_is_refused_with_the_step_that_rebuilds_it(tmp_path: Path) -> None:
+    run = RunLayout(tmp_path / "r1")
+    with pytest.raises(ConfigError, match="Run r1 has no data set.*finetune dataset --run r1"):
+        run.read_dataset()
+    DatasetReport(run="r1", path=run.dataset, sha256="abc").write(run.dataset_json)
+    saved = json.loads(run.dataset_json.read_text())
+    saved["sft"] = {"train": "many"}
+    run.dataset_json.write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"not a valid data set report \(sft\.train: .*finetune "
+                                          r"dataset --run r1"):
+        run.read_dataset()

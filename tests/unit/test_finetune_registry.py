@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.errors import ConfigError
 from core.gguf import AdapterCorrupt, BaseMismatch, check_lora_gguf, file_sha256
 from core.settings import Settings
+from finetune.artifacts import AdapterManifest, DatasetRef, LoraInfo, TemplateInfo
+from finetune.base import BaseInfo, ChatTemplate
 from finetune.registry import MIGRATIONS, ModelRegistry, ollama_register
 from localcat.container import Container
 from tests.unit.test_finetune_modelfile import CHATML
@@ -46,14 +49,24 @@ def lora_file(path: Path, hidden: int = 8, r: int = 2) -> Path:
     }, adapter=True)
 
 
+def base_info(base: Path) -> BaseInfo:
+    return BaseInfo(kind="gguf", path=base, sha256=file_sha256(base), name="base")
+
+
 def export_dir(root: Path, base: Path) -> Path:
     out = root / "export"
     (out / "adapter").mkdir(parents=True)
     lora_file(out / "adapter.gguf")
     (out / "Modelfile").write_text(f"FROM {base}\nADAPTER ./adapter.gguf\n")
-    template = {"source": CHATML, "bos_token": "<s>", "eos_token": "<|im_end|>"}
-    (out / "adapter" / "localcat-adapter.json").write_text(
-        json.dumps({"base": {}, "chat_template": template}))
+    template = ChatTemplate(CHATML, bos_token="<s>", eos_token="<|im_end|>")
+    AdapterManifest(
+        base=base_info(base),
+        chat_template=TemplateInfo.of(template, stops=["<|im_end|>"]),
+        trainer="unsloth",
+        lora=LoraInfo(r=2, alpha=4, dropout=0.0, target_modules=["q_proj"]),
+        dataset=DatasetRef(run=root.name, sha256="0" * 64, sft={"train": 30}),
+        fingerprint="f" * 16, versions={}, created_at="2026-11-25T00:00:00+00:00",
+    ).write(out / "adapter" / "localcat-adapter.json")
     return out
 
 
@@ -72,10 +85,9 @@ def registry(tmp_path: Path):
 def add(registry: ModelRegistry, tmp_path: Path, base: Path, run: str = "run-1"):
     out = export_dir(tmp_path / run, base)
     return registry.add(
-        run=run, base={"name": "base", "path": str(base), "sha256": file_sha256(base)},
-        trainer="unsloth", export_dir=out, dataset={"sft": {"train": 30}},
-        metrics={"adapter": {"loss": 0.1}}, status="promoted",
-        sha256={"adapter.gguf": file_sha256(out / "adapter.gguf")},
+        run=run, base=base_info(base), trainer="unsloth", export_dir=out,
+        dataset={"sft": {"train": 30}}, metrics={"adapter": {"loss": 0.1}}, status="promoted",
+        adapter_sha256=file_sha256(out / "adapter.gguf"),
     )
 
 
@@ -257,3 +269,89 @@ def test_ollama_registration_uploads_blobs_and_creates_the_model(
     assert request["template"].startswith("{{ range .Messages }}")
     assert request["parameters"] == {"stop": ["<|im_end|>", "<|im_start|>user"]}
     assert fake.uploads == 2 and len(fake.created) == 2
+
+
+def finished_run(root: Path, base: Path, promoted: bool = True) -> Path:
+    """A run folder as the steps before `register` leave it, its JSON in the shape runs wrote."""
+    from finetune.artifacts import DatasetReport, RunLayout
+
+    run = RunLayout(root / "finetune" / "r1")
+    export_dir(run.root, base)
+    DatasetReport(run="r1", path=run.dataset, sha256="d" * 64,
+                  sft={"train": 30, "val": 2, "test": 3}).write(run.dataset_json)
+    described = {"kind": "gguf", "path": str(base), "sha256": file_sha256(base), "name": "base",
+                 "source": str(base)}
+    scores = {"loss": 0.5, "perplexity": 1.6487, "answer_f1": 0.5, "exact_match": 0.0}
+    better = {"loss": 0.1, "perplexity": 1.1052, "answer_f1": 1.0, "exact_match": 1.0}
+    run.eval.mkdir()
+    run.eval_json.write_text(json.dumps({
+        "run": "r1", "base": described, "examples": 3, "too_long": 0,
+        "metrics": {"base": scores, "adapter": better if promoted else scores},
+        "promoted": promoted,
+        "reason": "beats the base: …" if promoted else "does not beat the base: loss 0.5 → 0.5",
+        "rule": "…", "seconds": 1.0,
+        "samples": [{"question": "Q?", "reference": "A", "base": "B", "adapter": "A"}],
+    }))
+    run.export_json.write_text(json.dumps({
+        "run": "r1", "base": described, "adapter_dir": str(run.export_adapter),
+        "adapter_gguf": str(run.export_gguf), "modelfile": str(run.modelfile),
+        "sha256": {"adapter.gguf": file_sha256(run.export_gguf),
+                   "adapter_model.safetensors": "s" * 64},
+        "bytes": {"adapter.gguf": run.export_gguf.stat().st_size},
+        "chat_template_sha256": "t" * 64,
+    }))
+    return run.root
+
+
+def test_register_run_reads_each_step_result_once_and_records_it(
+    registry: ModelRegistry, tmp_path: Path, base: Path
+) -> None:
+    from finetune.base import BaseRef
+    from finetune.registry import register_run
+
+    run_dir = finished_run(tmp_path, base)
+    ref = BaseRef("gguf", base, file_sha256(base), str(base))
+    version = register_run(run_dir, ref, registry, ollama_host="http://127.0.0.1:9",
+                           ollama_prefix="localcat", ollama=False)
+    assert version["name"] == "v1" and version["active"] and version["status"] == "promoted"
+    assert version["metrics"]["adapter"]["answer_f1"] == 1.0
+    assert version["dataset"] == {"run": "r1", "sha256": "d" * 64,
+                                  "sft": {"train": 30, "val": 2, "test": 3},
+                                  "kto": {"train": 0, "val": 0, "test": 0}}
+    again = register_run(run_dir, ref, registry, ollama_host="http://127.0.0.1:9",
+                         ollama_prefix="localcat", ollama=False)
+    assert again["name"] == "v1" and len(registry.versions()) == 1
+
+
+def test_register_run_refuses_what_the_step_results_forbid(
+    registry: ModelRegistry, tmp_path: Path, base: Path
+) -> None:
+    from finetune.base import BaseRef
+    from finetune.registry import NotPromoted, register_run
+
+    run_dir = finished_run(tmp_path, base, promoted=False)
+    ref = BaseRef("gguf", base, file_sha256(base), str(base))
+
+    def register(**kw: object) -> dict:
+        return register_run(run_dir, ref, registry, ollama_host="http://127.0.0.1:9",
+                            ollama_prefix="localcat", ollama=False, **kw)
+
+    with pytest.raises(NotPromoted, match="r1 does not beat the base: loss 0.5 → 0.5"):
+        register()
+    assert register(force=True)["status"] == "forced"
+    other = base_file(tmp_path / "other.gguf", hidden=16)
+    with pytest.raises(BaseMismatch, match="The adapter was trained on base"):
+        register_run(run_dir, BaseRef("gguf", other, file_sha256(other)), registry,
+                     ollama_host="http://127.0.0.1:9", ollama_prefix="localcat", ollama=False)
+
+    export_json = run_dir / "export" / "export.json"
+    exported = json.loads(export_json.read_text())
+    exported["sha256"]["adapter.gguf"] = "0" * 64
+    export_json.write_text(json.dumps(exported))
+    with pytest.raises(AdapterCorrupt, match="changed since it was exported"):
+        register(force=True)
+    del exported["bytes"]
+    export_json.write_text(json.dumps(exported))
+    with pytest.raises(ConfigError, match=r"not a valid export result \(bytes: Field required.*"
+                                          r"finetune export --run r1"):
+        register(force=True)
