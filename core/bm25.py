@@ -49,13 +49,14 @@ class BM25Index:
         base.mkdir(parents=True, exist_ok=True)
         version = f"v{int.from_bytes(os.urandom(6), 'big'):x}"
         target = base / version
-        if ids:
+        tokens = bm25s.tokenize(texts, stopwords="en", show_progress=False) if ids else None
+        if tokens is not None and tokens.vocab:
             retriever = bm25s.BM25()
-            retriever.index(bm25s.tokenize(texts, stopwords="en", show_progress=False),
-                            show_progress=False)
+            retriever.index(tokens, show_progress=False)
             retriever.save(str(target))
-        else:
+        else:  # no chunks, or only stop words (bm25s cannot index an empty vocabulary)
             target.mkdir()
+            ids = []
         (target / "ids.json").write_text(json.dumps(ids))
         tmp = base / "CURRENT.tmp"
         tmp.write_text(version)

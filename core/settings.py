@@ -287,6 +287,9 @@ class Settings(BaseSettings):
         default_factory=_default_data_dir,
         description="Where the vector store, indexes, feedback and models live.",
     )
+    verbose: bool = Field(
+        False, description="Show third-party logs, warnings and progress bars (`localcat -v`)."
+    )
     embedding: EmbeddingSettings = Field(default_factory=EmbeddingSettings)
     chroma: ChromaSettings = Field(default_factory=ChromaSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)

@@ -75,8 +75,12 @@ def _over_memory(ing: IngestSettings) -> str:
             "ingest.parse_memory_mb (LOCALCAT_INGEST__PARSE_MEMORY_MB) if the file is genuine")
 
 
-def _limit_memory(megabytes: int) -> None:
+def _init_worker(megabytes: int, verbose: bool) -> None:
     import resource
+
+    from core.logs import quiet_third_party
+
+    quiet_third_party(verbose)
 
     limit = megabytes * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -92,9 +96,10 @@ class Parser:
     A re-ingest of unchanged files never starts it (a worker costs ~0.5 s to import its parsers).
     """
 
-    def __init__(self, ingest: IngestSettings, chunking: ChunkingSettings):
+    def __init__(self, ingest: IngestSettings, chunking: ChunkingSettings, *, verbose: bool = False):
         self.ingest = ingest
         self.chunking = chunking
+        self.verbose = verbose
         self._pool = None
 
     @property
@@ -108,8 +113,8 @@ class Parser:
             # forkserver: workers do not inherit the parent's threads (torch, Chroma), and the
             # memory limit applies to a small fresh process, not to a copy of a loaded model.
             self._pool = ProcessPool(
-                max_workers=self.workers, initializer=_limit_memory,
-                initargs=(self.ingest.parse_memory_mb,),
+                max_workers=self.workers, initializer=_init_worker,
+                initargs=(self.ingest.parse_memory_mb, self.verbose),
                 context=multiprocessing.get_context("forkserver"),
             )
         return self._pool

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -20,8 +21,10 @@ def container():
 
 @click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localcat")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Show third-party logs, warnings and progress bars (hidden by default).")
 @click.pass_context
-def main(ctx: click.Context) -> None:
+def main(ctx: click.Context, verbose: bool) -> None:
     """LocalCat: a self-hosted assistant over your own documents.
 
     \b
@@ -31,6 +34,11 @@ def main(ctx: click.Context) -> None:
 
     Settings come from ./localcat.toml and LOCALCAT_* variables (see `localcat config`).
     """
+    from core.logs import quiet_third_party
+
+    if verbose:  # in the environment, so worker processes and servers see it too
+        os.environ["LOCALCAT_VERBOSE"] = "1"
+    quiet_third_party(verbose or os.environ.get("LOCALCAT_VERBOSE", "").lower() in ("1", "true"))
     # One container per command, built on first use; stage commands take it via clikit.parts().
     ctx.obj = functools.cache(container)
     # Parse workers stop with the command (a built container only: never build one to close it).

@@ -59,7 +59,7 @@ class Container:
     def parser(self):
         from ingest.parse import Parser
 
-        return Parser(self.settings.ingest, self.settings.chunking)
+        return Parser(self.settings.ingest, self.settings.chunking, verbose=self.settings.verbose)
 
     def close(self) -> None:
         """Stop what runs in the background (parse workers)."""
