@@ -31,9 +31,11 @@ def _default_ollama_host() -> str:
 
 
 class EmbeddingSettings(BaseModel):
-    backend: Literal["sentence-transformers", "fake"] = Field(
+    backend: Literal["sentence-transformers", "onnx-int8", "fake"] = Field(
         "sentence-transformers",
-        description="'fake' gives deterministic hash vectors with no model: for unit tests only.",
+        description="sentence-transformers (torch, fp32); onnx-int8: the same model exported to "
+        "ONNX and quantised to int8 (faster, see BENCHMARKS.md); fake: deterministic hash "
+        "vectors with no model, for unit tests only.",
     )
     model: str = Field(
         "all-MiniLM-L6-v2",
@@ -44,8 +46,11 @@ class EmbeddingSettings(BaseModel):
     threads: int = Field(
         1,
         ge=0,
-        description="torch threads for encoding; 0 leaves torch's default. One thread was fastest "
-        "for single queries on a busy 2-core machine.",
+        description="Threads for encoding a query; 0: all cores. One thread was fastest for "
+        "single queries on a busy 2-core machine.",
+    )
+    ingest_threads: int = Field(
+        0, ge=0, description="Threads for encoding batches of chunks during ingest; 0: all cores."
     )
 
 

@@ -25,6 +25,10 @@ class Container:
                 from core.embeddings import SentenceTransformerEmbeddings
 
                 return SentenceTransformerEmbeddings(self.settings.embedding)
+            case "onnx-int8":
+                from core.embeddings import OnnxInt8Embeddings
+
+                return OnnxInt8Embeddings(self.settings.embedding, self.settings.data_dir / "embedders")
             case "fake":
                 from core.embeddings import FakeEmbeddings
 

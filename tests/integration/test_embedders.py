@@ -1,0 +1,49 @@
+"""The embedding backends on the real MiniLM weights: fp32 (torch) and int8 (ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from core.errors import ConfigError
+from core.settings import Settings
+from localcat.container import Container
+
+pytestmark = pytest.mark.integration
+
+TEXTS = [
+    "Every employee gets 27 vacation days per calendar year.",
+    "The helpdesk extension is 4417; password resets are self-service.",
+    "The espresso machine is descaled every Friday by the facilities team.",
+]
+
+
+def test_int8_vectors_agree_with_fp32_and_rank_alike(tmp_path: Path) -> None:
+    fp32 = Container(Settings(data_dir=tmp_path)).embeddings
+    int8 = Container(Settings(data_dir=tmp_path, embedding={"backend": "onnx-int8"})).embeddings
+    assert int8.name == "all-MiniLM-L6-v2+onnx-int8" != fp32.name
+    a, b = fp32.encode(TEXTS), int8.encode(TEXTS)
+    assert b.shape == a.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(b, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(1).min() > 0.85  # quantisation moves vectors, but not far
+    query = int8.embed_query("how many days of vacation do I get?")
+    assert int(np.argmax(b @ np.asarray(query))) == 0
+    assert int8.onnx_path.is_file()  # exported once, then reused
+    again = Container(Settings(data_dir=tmp_path, embedding={"backend": "onnx-int8"})).embeddings
+    assert np.allclose(again.encode(TEXTS), b, atol=1e-6)
+    # Dynamic quantisation scales activations per batch, so a text's vector moves a little with
+    # its batch-mates (padding included); it must stay the same text.
+    assert float(again.encode(TEXTS[:1])[0] @ b[0]) > 0.97
+
+
+def test_a_collection_keeps_its_backend(tmp_path: Path, docs_dir: Path) -> None:
+    Container(Settings(data_dir=tmp_path)).indexer.ingest([docs_dir], "kbase")
+    int8 = Container(Settings(data_dir=tmp_path, embedding={"backend": "onnx-int8"}))
+    with pytest.raises(ConfigError, match="built with all-MiniLM-L6-v2 .*not all-MiniLM-L6-v2\\+onnx-int8"):
+        int8.indexer.ingest([docs_dir], "kbase")
+    report = int8.indexer.ingest([docs_dir], "kbase-int8")
+    assert report.summary()["added"] == 3
+    docs = int8.retriever("kbase-int8").invoke("how many days of vacation per year?")
+    assert docs and "27 vacation days" in docs[0].page_content
