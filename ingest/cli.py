@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -77,14 +78,21 @@ def ingest(
         bar.total = total
         bar.refresh()
 
+    started, chunks = time.perf_counter(), 0
+
+    def on_chunks(written: int) -> None:
+        nonlocal chunks
+        chunks += written
+
     def on_done(result) -> None:
-        bar.set_postfix_str(Path(result.path).name[-30:], refresh=False)
+        rate = chunks / max(time.perf_counter() - started, 1e-9)
+        bar.set_postfix_str(f"{chunks} chunks, {rate:.1f}/s, {Path(result.path).name[-30:]}",
+                            refresh=False)
         bar.update()
 
     try:
-        report = c.indexer.ingest(
-            paths, name, prune=prune, progress=Progress(on_files=on_files, on_file_done=on_done)
-        )
+        report = c.indexer.ingest(paths, name, prune=prune, progress=Progress(
+            on_files=on_files, on_file_done=on_done, on_chunks=on_chunks))
     finally:
         bar.close()
     _print_report(report, as_json, verbose)
@@ -129,3 +137,71 @@ def delete_collection(name: str) -> None:
     """Delete collection NAME (vectors, chunk texts, BM25 index). Source files are untouched."""
     parts().indexer.drop_collection(name)
     click.echo(f"Deleted collection {name!r}.")
+
+
+@click.command()
+@click.argument("paths", nargs=-1, required=True,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--collection", "-c", default=None, help="Collection to keep in step.")
+@click.option("--quiet-s", type=float, default=None,
+              help="Seconds a folder must be quiet before its changes are ingested "
+                   "(default: settings' ingest.watch_quiet_s).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per batch on stdout.")
+def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None,
+          as_json: bool) -> None:
+    """Keep a collection in step with folders: ingest files as they are added, changed, renamed
+    or deleted, until Ctrl-C.
+
+    Starts with a full re-ingest of the folders (unchanged files are skipped by content hash), so
+    changes made while nothing watched are caught too. Bursts of changes are ingested together
+    once the folders have been quiet for a moment. One line per batch on stderr.
+
+    Example: localcat watch ~/handbook --collection handbook
+    """
+    import signal
+    import time
+
+    from ingest.watch import Watcher
+
+    c = parts()
+    name = collection or c.settings.chroma.collection
+
+    def on_batch(report: IngestReport, rescan: bool) -> None:
+        changed = [f for f in report.files if f.status != "skipped"]
+        if as_json:
+            click.echo(json.dumps({
+                "event": "rescan" if rescan else "batch", "collection": report.collection,
+                "summary": report.summary(), "seconds": round(report.seconds, 3),
+                "files": [f.model_dump(mode="json") for f in changed],
+            }), nl=True)
+            sys.stdout.flush()
+        for f in changed:
+            if f.status == "failed":
+                click.secho(f"failed   {f.path}: {f.reason}", fg="red", err=True)
+        s = report.summary()
+        click.echo(
+            f"{time.strftime('%H:%M:%S')} {'rescan' if rescan else 'batch '} → {name}: "
+            f"{s['added']} added, {s['updated']} updated, {s['removed']} removed, "
+            f"{s['failed']} failed, {s['skipped']} unchanged; {report.chunks_written} chunks "
+            f"in {report.seconds:.1f}s", err=True)
+
+    def on_term(signum, frame):  # a service manager's stop: the same clean exit as Ctrl-C
+        raise KeyboardInterrupt
+
+    watcher = Watcher(c.indexer, paths, name, on_batch=on_batch,
+                      quiet_s=quiet_s or c.settings.ingest.watch_quiet_s)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        with watcher:
+            click.echo(f"Watching {', '.join(map(str, watcher.folders))} → {name}; "
+                       "Ctrl-C stops.", err=True)
+            try:
+                while not watcher.wait(0.5):  # a timeout, so Ctrl-C reaches this thread
+                    pass
+            except KeyboardInterrupt:
+                click.echo("Stopping…", err=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if watcher.error is not None:
+        raise watcher.error
+    click.echo("Stopped.", err=True)

@@ -50,10 +50,11 @@ def file_hash(path: Path) -> str:
 
 @dataclass
 class Progress:
-    """Callbacks for a UI: a file started, chunks embedded, a file finished."""
+    """Callbacks for a UI: files found, a file finished, chunks embedded and written."""
 
     on_files: Callable[[int], None] = lambda total: None
     on_file_done: Callable[[FileResult], None] = lambda result: None
+    on_chunks: Callable[[int], None] = lambda written: None
 
 
 class Indexer:
@@ -116,6 +117,12 @@ class Indexer:
             report.files.append(result)
             progress.on_file_done(result)
 
+        def write(files: list[_Prepared]) -> None:
+            results = self._write(files, collection)
+            progress.on_chunks(sum(r.chunks for r in results if r.status != "failed"))
+            for result in results:
+                done(result)
+
         def take_parsed() -> None:
             nonlocal batch
             path, digest, existed, future = parsing.popleft()
@@ -126,8 +133,7 @@ class Indexer:
                 return
             batch.append(_Prepared(str(path), digest, existed, chunks))
             if sum(len(p.chunks) for p in batch) >= _EMBED_BATCH:
-                for result in self._write(batch, collection):
-                    done(result)
+                write(batch)
                 batch = []
 
         for path, problem in found:
@@ -142,8 +148,7 @@ class Indexer:
                 take_parsed()
         while parsing:
             take_parsed()
-        for result in self._write(batch, collection):
-            done(result)
+        write(batch)
 
         if prune:
             folders = [p for p in paths if p.is_dir()]
