@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 export ANONYMIZED_TELEMETRY := False
 
-.PHONY: setup setup-dev demo test test-unit lint bench eval-set
+.PHONY: setup setup-dev demo test test-unit lint bench eval-set eval-answers
 
 setup:
 	./scripts/setup
@@ -32,7 +32,12 @@ bench:
 	$(PY) bench/ingest.py
 	$(PY) bench/server.py
 
-# The retrieval eval set from Debian's python3.11-doc (apt-get install -y python3.11-doc).
+# The retrieval and answer eval sets from Debian's python3.11-doc (apt-get install -y python3.11-doc).
+FAQ_SET = $${XDG_DATA_HOME:-$$HOME/.local/share}/localcat/eval/python-faq
 eval-set:
 	$(PY) scripts/build_eval_set.py
-	$(VENV)/bin/localcat eval $${XDG_DATA_HOME:-$$HOME/.local/share}/localcat/eval/python-faq
+	$(VENV)/bin/localcat eval $(FAQ_SET)
+
+# Answer quality on the FAQ's held-out questions (slow: every question runs the model).
+eval-answers:
+	$(VENV)/bin/localcat eval $(FAQ_SET) --answers $(FAQ_SET)/answers.jsonl --split heldout --work-dir /tmp/localcat-faq-eval

@@ -13,11 +13,18 @@ the exact-term lookups BM25 is in the mix for. ``unanswerable.jsonl`` holds hand
 the docs do not answer (off-topic, and near-topic software questions) for the "nothing relevant"
 threshold. Written outside git by default (``$data_dir/eval/python-faq``); the extracted text is
 PSF-licensed documentation and is not committed.
+
+``answers.jsonl`` is the answer-quality set for ``localcat eval FOLDER --answers``: each FAQ
+question with its FAQ answer as the reference and its doc id(s) as ``source``, plus the
+unanswerable questions (``"answer": null``), in a seeded shuffle. A fixed fifth of the questions,
+chosen by a hash of the question text (so it does not move when the docs or the seed change), is
+flagged ``"split": "heldout"``: never tune or train on those; the rest are ``"dev"``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import re
@@ -216,6 +223,42 @@ def identifier_queries(corpus: list[tuple[str, str]], n: int, seed: int) -> list
     return out
 
 
+HELDOUT_EVERY = 5
+
+
+def split_of(question: str) -> str:
+    """'heldout' for a fixed fifth of the questions, by a hash of the text; else 'dev'."""
+    digest = hashlib.sha256(question.casefold().encode("utf-8")).digest()
+    return "heldout" if int.from_bytes(digest[:4], "big") % HELDOUT_EVERY == 0 else "dev"
+
+
+def answer_set(pairs: list[tuple[str, str, str, str]],
+               queries: dict[str, tuple[str, list[str]]], seed: int) -> list[dict]:
+    """The FAQ questions with their answers as references, and the unanswerable questions, shuffled.
+
+    A question asked on two pages keeps the first page's answer as its reference; both pages
+    count as its source.
+    """
+    rows, done = [], set()
+    for _, _, question, answer in pairs:
+        key = question.casefold()
+        if key in done:
+            continue
+        done.add(key)
+        qid, sources = queries[key]
+        rows.append({"id": qid, "question": question, "answer": answer,
+                     "source": sources[0] if len(sources) == 1 else sources,
+                     "split": split_of(question)})
+    n = 0
+    for kind, texts in UNANSWERABLE.items():
+        for text in texts:
+            n += 1
+            rows.append({"id": f"u{n:03d}", "question": text, "answer": None, "kind": kind,
+                         "split": split_of(text)})
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
 def build(docs: Path, out: Path, *, n_distractors: int, seed: int, max_chars: int,
           n_identifiers: int = 100) -> dict:
     if not (docs / "faq" / "programming.html").is_file():
@@ -263,8 +306,12 @@ def build(docs: Path, out: Path, *, n_distractors: int, seed: int, max_chars: in
                 n += 1
                 f.write(json.dumps({"_id": f"u{n:03d}", "text": text, "metadata": {"kind": kind}})
                         + "\n")
+    answers = answer_set(pairs, queries, seed)
+    with (out / "answers.jsonl").open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in answers)
     meta = {
         "source": str(docs), "seed": seed, "max_chars": max_chars,
+        "answers": len(answers), "answers_heldout": sum(r["split"] == "heldout" for r in answers),
         "queries": len(queries), "identifier_queries": len(idents), "faq_answers": len(pairs), "distractors": len(extra),
         "unanswerable": n, "corpus_chars": sum(len(a) for *_, a in pairs) + sum(len(t) for *_, t in extra),
     }

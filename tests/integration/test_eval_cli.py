@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -97,7 +98,92 @@ def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path):
 
 
 def test_eval_is_a_localcat_command():
-    out = subprocess.run([sys.executable, "-m", "assistant", "eval", "--help"],
+    out = subprocess.run([sys.executable, "-m", "localcat", "eval", "--help"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "BEIR" in out.stdout and "--json" in out.stdout
+
+
+MARKS = re.compile(r"\s*\[\d+\]")
+
+
+def check_citations(metrics: dict, rows: list[dict], sources: set[str]) -> None:
+    """The citation figures agree with the [n] marks of the answers and the chunks shown."""
+    citing = [r for r in rows if r["answerable"] and r["cited"]]
+    assert metrics["cited"] == len(citing) / sum(r["answerable"] for r in rows)
+    for r in citing:
+        docs = [r["shown"][n - 1] for n in r["cited"]]
+        assert r["citation_correct"] == sum(d in sources for d in docs) / len(docs)
+    if not citing:
+        assert metrics["citation_correct"] is None
+
+
+def test_eval_answers_runs_the_real_pipeline_per_model(tiny_runtime, tmp_path):
+    """Three questions of the committed samples set, asked through the real pipeline (MiniLM,
+    Chroma, llama.cpp with the tiny model) by two models side by side."""
+    from localcat.evaluation import eval_command
+    from localcat.evaluation.report import ANSWER_ROWS
+    from tests.conftest import REPO, SAMPLES
+    from tests.fixtures.tiny_model import TINY_ANSWER
+
+    work, png = tmp_path / "work", tmp_path / "answers.png"
+    args = ["--answers", str(REPO / "bench" / "answers-samples.jsonl"), "--docs", str(SAMPLES),
+            "--limit", "3", "--work-dir", str(work), "-q"]
+    models = ["--model", "default", "--model", str(tiny_runtime)]
+    result = CliRunner().invoke(eval_command, [*args, *models, "--json", "--plot", str(png)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+
+    assert report["dataset"]["questions"] == 3
+    assert (report["dataset"]["answerable"], report["dataset"]["unanswerable"]) == (2, 1)
+    assert report["ingest"]["added"] == len(list(SAMPLES.iterdir())) and report["chunks"] > 6
+    assert list(report["models"]) == ["default", str(tiny_runtime)]
+    for model in report["models"].values():
+        assert "localcat-tiny" in model["tag"]
+        m = model["metrics"]
+        assert set(m) == {key for key, _, _ in ANSWER_ROWS}
+        for key, _, unit in ANSWER_ROWS:
+            if key == "citation_correct" and not m["cited"]:
+                continue  # measured only over answers that cite (the pipeline keeps or drops marks)
+            assert m[key] is not None, key
+            assert 0.0 <= m[key] <= 1.0 if unit == "share" else m[key] > 0, key
+        rows = model["answers"]
+        assert [r["id"] for r in rows] == ["s01", "s02", "u01"]
+        check_citations(m, rows, {"handbook.md"})
+        # The easy questions find their file.
+        assert m["source_shown"] == 1.0 and rows[0]["shown"][0] == "handbook.md"
+        # The tiny model says nothing of the reference, so it recalls little of it.
+        assert [MARKS.sub("", r["answer"]) for r in rows[:2]] == [MARKS.sub("", TINY_ANSWER)] * 2
+        assert m["key_fact_recall"] < 0.2
+        # The off-topic question is turned away by the relevance bar: the pipeline's not-found.
+        assert m["refusal"] == 1.0 and m["not_found"] == 0.0
+        assert rows[2]["grounded"] is False and rows[2]["refused"] is True
+        assert m["latency_p50_s"] <= m["latency_p95_s"] and m["ttft_p50_s"] <= m["latency_p95_s"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The table, over the kept index: one column per model, one row per measure.
+    table = CliRunner().invoke(eval_command, [*args, "--no-plot"])
+    assert table.exit_code == 0, table.output
+    assert "key-fact recall" in table.stdout and "default" in table.stdout
+    assert "tokens/s" in table.stdout
+
+
+def test_eval_answers_on_a_beir_corpus_match_sources_by_doc_id(beir, tiny_runtime, tmp_path):
+    from localcat.evaluation import eval_command
+
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"id": "q1", "question": QUERIES["q1"][0], "answer": DOCS["vacation"], "source": "vacation"},
+        {"id": "q2", "question": QUERIES["q2"][0], "answer": DOCS["helpdesk"],
+         "source": ["helpdesk", "espresso"]},
+    ]))
+    result = CliRunner().invoke(eval_command, [str(beir), "--answers", str(answers), "--json",
+                                               "--no-plot", "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["dataset"]["docs"] == [str(beir)] and report["chunks"] == 6
+    m = report["models"]["default"]
+    assert [r["shown"][0] for r in m["answers"]] == ["vacation", "helpdesk"]
+    assert m["metrics"]["source_shown"] == 1.0
+    check_citations(m["metrics"], m["answers"], {"vacation", "helpdesk", "espresso"})
+    assert m["metrics"]["refusal"] is None  # no unanswerable question in this set
