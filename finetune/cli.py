@@ -348,9 +348,17 @@ def models() -> None:
 
 
 @models.command(name="list")
+@click.option("--available", is_flag=True,
+              help="Show the catalog of embedded models instead (installed or not).")
 @_json_option
-def models_list(as_json: bool) -> None:
-    """List registered versions (* marks the one served)."""
+def models_list(available: bool, as_json: bool) -> None:
+    """List registered versions (* marks the one served); --available: the model catalog."""
+    if available:
+        from core.catalog import available as catalog_rows
+        from core.catalog import format_available
+
+        _emit(catalog_rows(parts().settings.llm), as_json, format_available)
+        return
     versions = [v.as_dict() for v in Context().registry().versions()]
     if as_json:
         click.echo(json.dumps(versions, indent=2, default=str))

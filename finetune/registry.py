@@ -348,14 +348,11 @@ def ollama_register(version: Version, host: str, name: str, timeout: float = 600
 
 
 def _blob(client: Any, host: str, path: Path) -> str:
-    import httpx
-
     from core.gguf import file_sha256
+    from core.llm import ollama_has_blob
 
     digest = f"sha256:{file_sha256(path)}"
-    # HEAD /api/blobs/<digest> answers 200 when Ollama has the file: skip the upload.
-    response = httpx.head(f"{host}/api/blobs/{digest}", timeout=30)
-    if response.status_code == 200:
+    if ollama_has_blob(client, digest):  # skip the upload
         return digest
     return client.create_blob(path)
 

@@ -195,6 +195,8 @@ def _register() -> None:
 
     for cmd in (ingest, remove, collections, eval_command, finetune, models):
         main.add_command(cmd)
+    from localcat.models_cli import register_commands
+    register_commands(models)
 
 
 _register()

@@ -40,6 +40,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
     monkeypatch.setenv("LOCALCAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("LOCALCAT_CONFIG", str(tmp_path / "no-config.toml"))
+    # llama.cpp defaults to every core; tests share a busy machine, where one thread is steadiest.
+    monkeypatch.setenv("LOCALCAT_LLM__THREADS", "1")
     # A port nothing listens on, so 'auto' never finds a stray Ollama.
     monkeypatch.setenv("OLLAMA_HOST", "http://127.0.0.1:9")
 

