@@ -69,6 +69,11 @@ class ChunkingSettings(BaseModel):
     chunk_overlap: int = Field(150, ge=0, description="Characters shared by neighbouring chunks.")
 
 
+class WatchSpec(BaseModel):
+    path: Path = Field(description="A folder to keep ingested as its files change.")
+    collection: str | None = Field(None, description="Unset: chroma.collection.")
+
+
 class IngestSettings(BaseModel):
     max_file_mb: float = Field(50, gt=0, description="Files larger than this are refused.")
     max_chunks_per_file: int = Field(20_000, ge=1, description="Refuse files that split into more.")
@@ -91,6 +96,11 @@ class IngestSettings(BaseModel):
         0, ge=0, description="Processes parsing files while the batch before is encoded; 0: one "
         "per core, at most 2.",
     )
+    watch: list[WatchSpec] = Field(
+        default_factory=list, description="Folders `localcat serve` follows like `localcat watch`; "
+        "in localcat.toml: [[ingest.watch]] path = '~/handbook' collection = 'handbook'.")
+    watch_quiet_s: float = Field(
+        1.0, gt=0, description="A watched change is ingested once its folder is quiet this long.")
 
 
 class RetrievalSettings(BaseModel):

@@ -190,10 +190,10 @@ def config(as_json: bool) -> None:
 
 def _register() -> None:
     from finetune.cli import finetune, models
-    from ingest.cli import collections, ingest, remove
+    from ingest.cli import collections, ingest, remove, watch
     from localcat.evaluation import eval_command
 
-    for cmd in (ingest, remove, collections, eval_command, finetune, models):
+    for cmd in (ingest, remove, watch, collections, eval_command, finetune, models):
         main.add_command(cmd)
     from localcat.models_cli import register_commands
     register_commands(models)

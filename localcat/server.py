@@ -95,7 +95,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
             "set LOCALCAT_SERVER__API_KEYS='[\"a-long-secret\"]' or bind 127.0.0.1",
         )
 
-    app = FastAPI(title="LocalCat", version="0.1.0",
+    app = FastAPI(title="LocalCat", version="0.1.0", lifespan=_watching(c),
                   description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
     app.state.container = c
     if keys:
@@ -358,3 +358,18 @@ class _TooLarge(LocalCatError):
 def app_factory() -> FastAPI:
     """For `uvicorn --factory localcat.server:app_factory` and multi-worker serving."""
     return create_app()
+
+
+def _watching(c: Container):
+    """Lifespan: follow settings' ingest.watch folders while the server runs (ingest/watch.py)."""
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from ingest.watch import start_watchers, stop_all
+
+        watchers = (await asyncio.to_thread(start_watchers, c.indexer, c.settings)
+                    if c.settings.ingest.watch else [])
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(stop_all, watchers)
+    return lifespan
