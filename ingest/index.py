@@ -10,6 +10,7 @@ clean ingest gives. Retrieval reads text from SQLite, so stray vectors are never
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -18,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.bm25 import BM25Index
+from langchain_core.embeddings import Embeddings
+
 from core.chroma import VectorStore
 from core.chunkstore import ChunkStore, check_collection_name
 from core.errors import BadFile
@@ -60,24 +63,26 @@ class Progress:
 class Indexer:
     """Writes documents into one collection; the only writer of the chunk store and Chroma."""
 
-    def __init__(self, settings: Settings, embeddings, vectors: VectorStore, store: ChunkStore,
-                 bm25: BM25Index, parser: Parser):
+    def __init__(self, settings: Settings, embedders: Callable[[str], Embeddings],
+                 vectors: VectorStore, store: ChunkStore, bm25: BM25Index, parser: Parser):
         self.settings = settings
         self.parser = parser
-        self.embeddings = embeddings
+        # The embedder of a collection: the one it was built with, or the configured one.
+        self.embedders = embedders
         self.vectors = vectors
         self.store = store
         self.bm25 = bm25
 
-    @property
-    def config_key(self) -> str:
+    def config_key(self, collection: str) -> str:
         """What besides file content decides the chunks: changing it re-ingests everything."""
         c = self.settings.chunking
-        return f"emb={self.embeddings.name};size={c.chunk_size};overlap={c.chunk_overlap}"
+        name = self.embedders(collection).name
+        return f"emb={name};size={c.chunk_size};overlap={c.chunk_overlap}"
 
     def _collection(self, name: str) -> None:
         check_collection_name(name)
-        self.store.ensure_collection(name, self.embeddings.name, lambda: self.embeddings.dimension)
+        embeddings = self.embedders(name)
+        self.store.ensure_collection(name, embeddings.name, lambda: embeddings.dimension)
         if self.store.rekey_pending(name):
             self.finish_migration(name)
 
@@ -93,7 +98,9 @@ class Indexer:
         started = time.perf_counter()
         self._collection(collection)
         report = IngestReport(collection=collection)
-        paths = [Path(p).expanduser().resolve() for p in paths]
+        # realpath, not resolve(): a symlink loop is reported as missing instead of raising
+        # RuntimeError (Python < 3.13).
+        paths = [Path(os.path.realpath(Path(p).expanduser())) for p in paths]
 
         # Files left 'pending' by a crashed run are redone whatever their hash says.
         found: list[tuple[Path, str | None]] = []
@@ -171,7 +178,7 @@ class Indexer:
         except OSError as exc:
             return FileResult(path=key, status="failed", reason=f"cannot read: {exc.strerror}")
         old = self.store.file(collection, key)
-        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key:
+        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key(collection):
             return FileResult(path=key, status="skipped", chunks=old.chunks)
         return digest, old is not None
 
@@ -185,20 +192,21 @@ class Indexer:
             return []
         texts = [c.text for p in batch for c in p.chunks]
         try:
-            vectors = self.embeddings.encode(texts)
+            vectors = self.embedders(collection).encode(texts)
         except (ValueError, MemoryError, RuntimeError) as exc:
             if len(batch) == 1:
                 reason = f"cannot embed: {type(exc).__name__}: {exc}"
                 return [FileResult(path=batch[0].key, status="failed", reason=reason)]
             # Find the file that breaks the encoder and let the others through.
             return [r for p in batch for r in self._write([p], collection)]
+        config = self.config_key(collection)
         for p in batch:
-            self.store.mark_pending(collection, p.key, p.digest, self.config_key)
+            self.store.mark_pending(collection, p.key, p.digest, config)
         self.vectors.delete_sources(collection, [p.key for p in batch])
         self.vectors.upsert(collection, [c for p in batch for c in p.chunks], vectors)
         results = []
         for p in batch:
-            self.store.commit_file(collection, p.key, p.digest, self.config_key, p.chunks)
+            self.store.commit_file(collection, p.key, p.digest, config, p.chunks)
             results.append(FileResult(path=p.key, status="updated" if p.existed else "added",
                                       chunks=len(p.chunks)))
         return results

@@ -16,11 +16,16 @@ class Container:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings()
         self._models: dict[str, tuple[object, str]] = {}
+        self._embedders: dict[str, object] = {}
         self._lock = threading.Lock()
 
     @cached_property
     def embeddings(self):
-        match self.settings.embedding.backend:
+        """The configured embedder: what new collections are built with."""
+        return self._build_embeddings(self.settings.embedding)
+
+    def _build_embeddings(self, settings):
+        match settings.backend:
             case "sentence-transformers":
                 from core.embeddings import SentenceTransformerEmbeddings
 
@@ -37,6 +42,19 @@ class Container:
                 from core.embeddings import FakeEmbeddings
 
                 return FakeEmbeddings()
+
+    def embeddings_for(self, collection: str):
+        """The embedder a collection was built with; the configured one for a new collection."""
+        from core.embeddings import settings_for
+
+        name = self.store.embedder_of(collection)
+        if name is None or name == self.embeddings.name:
+            return self.embeddings
+        with self._lock:
+            if name not in self._embedders:
+                self._embedders[name] = self._build_embeddings(
+                    settings_for(name, self.settings.embedding))
+            return self._embedders[name]
 
     @cached_property
     def vectors(self):
@@ -60,7 +78,7 @@ class Container:
     def indexer(self):
         from ingest.index import Indexer
 
-        return Indexer(self.settings, self.embeddings, self.vectors, self.store, self.bm25,
+        return Indexer(self.settings, self.embeddings_for, self.vectors, self.store, self.bm25,
                        self.parser)
 
     @cached_property
@@ -71,8 +89,9 @@ class Container:
 
     def close(self) -> None:
         """Stop what runs in the background (parse workers, an embedder's engine process)."""
-        for part in ("parser", "embeddings"):
-            close = getattr(self.__dict__.get(part), "close", None)
+        for part in [self.__dict__.get("parser"), self.__dict__.get("embeddings"),
+                     *self._embedders.values()]:
+            close = getattr(part, "close", None)
             if close is not None:
                 close()
 
@@ -90,7 +109,7 @@ class Container:
         if self.store.rekey_pending(name):  # an index from before content ids: finish moving it
             self.indexer.finish_migration(name)
         return HybridRetriever(
-            embeddings=self.embeddings, vectors=self.vectors, store=self.store, bm25=self.bm25,
+            embeddings=self.embeddings_for(name), vectors=self.vectors, store=self.store, bm25=self.bm25,
             collection=name, settings=self.settings.retrieval,
         )
 
