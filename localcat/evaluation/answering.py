@@ -44,19 +44,27 @@ if TYPE_CHECKING:
 
 def resolve_model(spec: str, settings: Settings) -> LLMSettings:
     """LLM settings for a ``--model`` value: "default" (what `localcat serve` would serve, the
-    active fine-tuned version included), a GGUF file for the embedded runtime, or ``ollama:NAME``."""
+    active fine-tuned version included), a catalog name (`localcat models list --available`), a
+    GGUF file for the embedded runtime, or ``ollama:NAME``."""
+    from core.catalog import CATALOG
+
     if spec == "default":
         from localcat.container import Container
 
         return Container(settings).served_llm
     if spec.startswith("ollama:"):
         return settings.llm.model_copy(update={"runtime": "ollama", "ollama_model": spec[7:]})
+    if spec in CATALOG:
+        return settings.llm.model_copy(
+            update={"runtime": "embedded", "model": spec, "model_path": None, "lora_path": None})
     path = Path(spec).expanduser()
     if path.is_file():
         return settings.llm.model_copy(
             update={"runtime": "embedded", "model_path": path.resolve(), "lora_path": None})
-    raise ConfigError(f"Unknown model {spec!r}: not 'default', a GGUF file or ollama:NAME",
-                      "give --model default, --model path/to/model.gguf or --model ollama:llama3.2")
+    raise ConfigError(
+        f"Unknown model {spec!r}: not 'default', a catalog name, a GGUF file or ollama:NAME",
+        f"give --model default, a catalog name ({', '.join(CATALOG)}), "
+        "--model path/to/model.gguf or --model ollama:llama3.2")
 
 
 @dataclass

@@ -241,6 +241,8 @@ def test_resolve_model(tmp_path):
     llm = resolve_model(str(gguf), settings)
     assert llm.runtime == "embedded" and llm.model_path == gguf.resolve()
     assert resolve_model("ollama:qwen", settings).ollama_model == "qwen"
+    by_name = resolve_model("qwen2.5-coder-0.5b", settings)
+    assert (by_name.runtime, by_name.model, by_name.model_path) == ("embedded", "qwen2.5-coder-0.5b", None)
     with pytest.raises(ConfigError, match="Unknown model 'nope.gguf'"):
         resolve_model("nope.gguf", settings)
 
