@@ -103,14 +103,13 @@ class Indexer:
         paths = [Path(os.path.realpath(Path(p).expanduser())) for p in paths]
 
         # Files left 'pending' by a crashed run are redone whatever their hash says.
-        found: list[tuple[Path, str | None]] = []
         for p in paths:
             if not p.exists():
                 report.files.append(
                     FileResult(path=str(p), status="failed", reason="no such file or folder")
                 )
-                continue
-            found.extend(iter_files([p]))
+        # One walk over all of them: a file named beside its folder is seen once.
+        found = list(iter_files([p for p in paths if p.exists()]))
         progress.on_files(len(found))
 
         seen: set[str] = set()

@@ -112,10 +112,13 @@ def _walk(folder: Path, root: Path, seen: set[Path]) -> Iterator[tuple[Path, str
         yield folder, f"cannot read the folder: {err.strerror or err} — check its permissions"
         return
     for entry in entries:
-        if entry.name.startswith("."):
+        if entry.name.startswith((".", "~$")):  # hidden, or an Office lock file
             continue
         path = Path(entry.path)
-        real = path.resolve()
+        try:
+            real = path.resolve()
+        except (OSError, RuntimeError):  # a symlink loop: RuntimeError before Python 3.13
+            continue
         # `seen` also stops symlink loops: a folder already walked is not walked again.
         if real in seen or (entry.is_symlink() and not real.is_relative_to(root)):
             continue
