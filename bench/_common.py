@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -73,3 +74,18 @@ def append(title: str, body: str, *, write: bool = True) -> None:
 def verdict(value: float, target: float, *, higher_is_better: bool) -> str:
     ok = value >= target if higher_is_better else value <= target
     return "meets target" if ok else "**misses target**"
+
+
+def materialise(corpus: Path, out: Path, n: int) -> Path:
+    """A folder of documents: the given one, or the first n documents of a BEIR corpus.jsonl."""
+    if not (corpus / "corpus.jsonl").is_file():
+        return corpus
+    out.mkdir(parents=True, exist_ok=True)
+    with (corpus / "corpus.jsonl").open(encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i == n:
+                break
+            d = json.loads(line)
+            body = f"{d['title']}\n\n{d['text']}" if d.get("title") else d["text"]
+            (out / f"doc{i:05d}.txt").write_text(body, encoding="utf-8")
+    return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import os
 import pstats
 import subprocess
@@ -24,22 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import REPO, append, verdict
-
-
-def materialise(corpus: Path, out: Path, n: int) -> Path:
-    """A folder of documents: the given one, or the first n documents of a BEIR corpus.jsonl."""
-    if not (corpus / "corpus.jsonl").is_file():
-        return corpus
-    out.mkdir(parents=True, exist_ok=True)
-    with (corpus / "corpus.jsonl").open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i == n:
-                break
-            d = json.loads(line)
-            body = f"{d['title']}\n\n{d['text']}" if d.get("title") else d["text"]
-            (out / f"doc{i:05d}.txt").write_text(body, encoding="utf-8")
-    return out
+from _common import REPO, append, materialise, verdict
 
 
 def main() -> None:
