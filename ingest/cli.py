@@ -15,6 +15,12 @@ from core.schemas import IngestReport
 _STATUS_COLOUR = {"added": "green", "updated": "cyan", "removed": "yellow", "failed": "red"}
 
 
+def _shown(path: str) -> str:
+    """A path on one line, as it could be typed: a newline in a name would split the report and a
+    right-to-left override would disguise it, so such characters are shown escaped."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in path)
+
+
 def _print_report(report: IngestReport, as_json: bool, verbose: bool) -> None:
     if as_json:
         out = report.model_dump(mode="json")
@@ -23,10 +29,10 @@ def _print_report(report: IngestReport, as_json: bool, verbose: bool) -> None:
         return
     for f in report.files:
         if f.status == "failed":
-            click.secho(f"failed   {f.path}: {f.reason}", fg="red", err=True)
+            click.secho(f"failed   {_shown(f.path)}: {f.reason}", fg="red", err=True)
         elif verbose or f.status != "skipped":
             click.secho(
-                f"{f.status:<8} {f.path} ({f.chunks} chunks)",
+                f"{f.status:<8} {_shown(f.path)} ({f.chunks} chunks)",
                 fg=_STATUS_COLOUR.get(f.status),
                 err=True,
             )
@@ -177,7 +183,7 @@ def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None
             sys.stdout.flush()
         for f in changed:
             if f.status == "failed":
-                click.secho(f"failed   {f.path}: {f.reason}", fg="red", err=True)
+                click.secho(f"failed   {_shown(f.path)}: {f.reason}", fg="red", err=True)
         s = report.summary()
         click.echo(
             f"{time.strftime('%H:%M:%S')} {'rescan' if rescan else 'batch '} → {name}: "

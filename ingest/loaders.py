@@ -86,8 +86,10 @@ def load_file(path: Path, *, max_bytes: int, max_unzipped_bytes: int = 200 * 2**
 def iter_files(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
     """Expand folders into supported files; yield ``(path, reason)`` where reason says why not.
 
-    Files named explicitly with an unsupported suffix (or missing) come with a reason; inside
-    folders, unsupported and hidden files are skipped silently, as are symlinks leading outside.
+    Files named explicitly with an unsupported suffix (or missing, or not a regular file) come
+    with a reason, as do paths that are not valid UTF-8 (the stores keep paths as UTF-8); inside
+    folders, unsupported and hidden files are skipped silently, as are pipes, sockets and devices,
+    symlinks leading outside and symlink loops.
     """
     seen: set[Path] = set()
     for path in paths:
@@ -100,9 +102,21 @@ def iter_files(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
             yield path, "no such file or folder — check the path"
         elif path.suffix.lower() not in SUPPORTED_SUFFIXES:
             yield path, str(_unsupported(path.suffix.lower()))
+        elif not path.is_file():
+            # Hashing a named pipe would wait forever for a writer.
+            yield path, "not a regular file (a pipe, socket or device) — copy its content to a file"
         elif (real := path.resolve()) not in seen:
             seen.add(real)
-            yield path, None
+            yield path, _name_problem(path)
+
+
+def _name_problem(path: Path) -> str | None:
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return ("the path is not valid UTF-8 — rename it, e.g. "
+                "`convmv -f latin1 -t utf8 --notest NAME`")
+    return None
 
 
 def _walk(folder: Path, root: Path, seen: set[Path]) -> Iterator[tuple[Path, str | None]]:
@@ -127,7 +141,7 @@ def _walk(folder: Path, root: Path, seen: set[Path]) -> Iterator[tuple[Path, str
             yield from _walk(path, root, seen)
         elif entry.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
             seen.add(real)
-            yield path, None
+            yield path, _name_problem(path)
 
 
 def _size(n: int) -> str:
@@ -177,6 +191,13 @@ def _decode(data: bytes) -> str:
         return _check_text(data.decode("utf-8"))
     except UnicodeDecodeError:
         pass
+    # UTF-8 with a few damaged bytes stays UTF-8: a guessed code page would garble every other
+    # non-ASCII character. Legacy text has next to no valid multi-byte UTF-8 sequences.
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd")
+    broken = replaced - data.count("\ufffd".encode())
+    if len(text) - len(text.encode("ascii", "ignore")) - replaced >= 2 * broken:
+        return _check_text(text)
     # Random bytes have ~12% C0 controls; text in any legacy code page has next to none.
     controls = len(data) - len(data.translate(None, _CONTROL_BYTES))
     if controls > 0.05 * len(data):
