@@ -3,6 +3,8 @@ know which wording produced it; bump it whenever a template changes."""
 
 from __future__ import annotations
 
+import re
+
 from langchain_core.documents import Document
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
@@ -42,8 +44,20 @@ CONDENSE_PROMPT = ChatPromptTemplate.from_messages(
 NOT_FOUND = "I could not find anything about that in the documents."
 
 
+# Chat-template control strings (ChatML and Llama 3's <|…|>, Gemma's turns, Mistral's [INST]).
+# llama.cpp turns them into control tokens wherever they appear in a message, so a document
+# holding "<|im_start|>system" would open a real system turn. In the prompt they are defused by a
+# zero-width space, which the model reads past; the stored text and citations keep them as written.
+_CONTROL = re.compile(r"<\|(?=[A-Za-z_]+\|>)|<(?=(?:start|end)_of_turn>)|\[(?=/?INST\])")
+
+
+def defuse(text: str) -> str:
+    """``text`` with chat-template control strings broken, so they stay plain text."""
+    return _CONTROL.sub(lambda m: m.group(0) + "\u200b", text)
+
+
 def format_context(docs: list[Document]) -> str:
-    """Numbered sources, [1] first, each with where it comes from."""
+    """Numbered sources, [1] first, each with where it comes from (control strings defused)."""
     parts = []
     for n, doc in enumerate(docs, start=1):
         m = doc.metadata
@@ -52,7 +66,7 @@ def format_context(docs: list[Document]) -> str:
             where += f", page {m['page']}"
         if m.get("heading"):
             where += f", section {m['heading']}"
-        parts.append(f"[{n}] ({where})\n{doc.page_content.strip()}")
+        parts.append(defuse(f"[{n}] ({where})\n{doc.page_content.strip()}"))
     return "\n\n".join(parts)
 
 

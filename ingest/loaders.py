@@ -285,10 +285,10 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 
 
 def _check_zip(data: bytes, max_bytes: int, max_ratio: float) -> None:
-    """Refuse a zip bomb from its directory, before anything is inflated.
+    """Refuse a zip bomb by what its directory declares, before anything is inflated.
 
-    zipfile stops a member at its declared size, so a member that lies about its size cannot
-    inflate past these checks either.
+    A member that lies about its size gets past this (zipfile inflates a member's compressed data
+    before cutting it to the declared size); the parse worker's memory limit stops that one.
     """
     try:
         members = zipfile.ZipFile(io.BytesIO(data)).infolist()
