@@ -1,12 +1,12 @@
 """The RAG pipeline: condense the follow-up → retrieve → prompt → stream the answer → citations.
 
 The steps are LCEL runnables; ``stream`` drives them so callers get the sources before the first
-token and the finished ``Answer`` (what feedback snapshots) at the end.
+token and the finished ``Answer`` (what feedback snapshots) at the end. Tokens stream as the model
+writes them; the finished answer carries the checked [n] marks (``assistant/citations.py``).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,6 +16,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage
 from langchain_core.output_parsers import StrOutputParser
 
+from assistant.citations import CitationAttributor, cited_numbers
 from assistant.retriever import HybridRetriever
 from core.errors import LocalCatError
 from core.prompt import (
@@ -26,9 +27,8 @@ from core.prompt import (
     format_context,
     history_messages,
 )
-from core.schemas import Answer, Citation, Message, new_answer_id
+from core.schemas import Answer, Citation, Message, SentenceAttribution, new_answer_id
 
-_CITE = re.compile(r"\[(\d+)\]")
 SNIPPET_CHARS = 300
 
 
@@ -46,8 +46,24 @@ class Token:
 
 
 @dataclass
+class Usage:
+    """Tokens of the answer's generation, as the runtime counted them."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
 class Done:
+    """Sent last: the answer with its checked citations (``answer.answer`` is the marked-up text)."""
+
     answer: Answer
+    usage: Usage | None = None
+    finish_reason: str = "stop"  # "length" when the model ran into max_tokens
 
 
 Event = Sources | Token | Done
@@ -66,6 +82,13 @@ def citations_for(docs: list[Document]) -> list[Citation]:
     ]
 
 
+def _mark_cited(citations: list[Citation], text: str, sentences: list[SentenceAttribution]) -> None:
+    cited = cited_numbers(text)
+    for c in citations:
+        c.cited = c.n in cited
+        c.sentences = [i for i, s in enumerate(sentences) if c.n in s.sources]
+
+
 def _snippet(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= SNIPPET_CHARS else text[: SNIPPET_CHARS - 1].rsplit(" ", 1)[0] + "…"
@@ -75,8 +98,10 @@ class RagPipeline:
     def __init__(self, llm: BaseChatModel, retriever: HybridRetriever, *, model_tag: str,
                  condense: bool = True, history_turns: int = 6,
                  translate_error: Callable[[BaseException], LocalCatError | None] | None = None,
-                 on_answer: Callable[[Answer], None] | None = None):
+                 on_answer: Callable[[Answer], None] | None = None,
+                 attributor: CitationAttributor | None = None):
         self.llm = llm
+        self.attributor = attributor
         self.on_answer = on_answer
         self.translate_error = translate_error
         self.retriever = retriever
@@ -117,6 +142,7 @@ class RagPipeline:
         citations = citations_for(docs)
         yield Sources(standalone, citations)
 
+        usage, finish = None, "stop"
         if docs:
             parts: list[str] = []
             stream = self.answer_chain.stream(
@@ -127,21 +153,32 @@ class RagPipeline:
                     if chunk.content:
                         parts.append(chunk.content)
                         yield Token(chunk.content)
-            text = "".join(parts).strip()
+                    if chunk.usage_metadata:  # the runtimes report both on the last chunk
+                        usage = Usage(chunk.usage_metadata["input_tokens"],
+                                      chunk.usage_metadata["output_tokens"])
+                    meta = chunk.response_metadata
+                    if "length" in (meta.get("finish_reason"), meta.get("done_reason")):
+                        finish = "length"
+            raw = "".join(parts).strip()
         else:
-            text = NOT_FOUND
-            yield Token(text)
-        cited = {int(n) for n in _CITE.findall(text)}
-        for c in citations:
-            c.cited = c.n in cited
+            raw = NOT_FOUND
+            yield Token(raw)
+        text, sentences = self._attribute(raw, docs)
+        _mark_cited(citations, text, sentences)
         answer = Answer(
             id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
-            collection=self.retriever.collection, answer=text, citations=citations,
-            grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
+            collection=self.retriever.collection, answer=text, raw_answer=raw, sentences=sentences,
+            citations=citations, grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
         )
         if self.on_answer is not None:  # recorded before anyone can rate it
             self.on_answer(answer)
-        yield Done(answer)
+        yield Done(answer, usage, finish)
+
+    def _attribute(self, raw: str, docs: list[Document]) -> tuple[str, list[SentenceAttribution]]:
+        if not docs or self.attributor is None or raw == NOT_FOUND:
+            return raw, []
+        result = self.attributor.attribute(raw, [d.page_content for d in docs])
+        return result.text, result.sentences
 
     def ask(self, question: str, history: list[Message] | None = None, *,
             answer_id: str | None = None) -> Answer:

@@ -48,6 +48,10 @@ class Citation(BaseModel):
     score: float = Field(description="Fused reciprocal-rank score.")
     similarity: float | None = Field(None, description="Cosine similarity of the dense match.")
     cited: bool = Field(False, description="The answer text refers to this source as [n].")
+    sentences: list[int] = Field(
+        default_factory=list,
+        description="Which answer sentences cite this source (indices into Answer.sentences).",
+    )
 
     @property
     def place(self) -> str:
@@ -71,6 +75,20 @@ class Message(BaseModel):
     content: str
 
 
+class SentenceAttribution(BaseModel):
+    """One sentence of an answer and the shown sources that support it."""
+
+    text: str = Field(description="The sentence as it stands in the answer, its [n] marks included.")
+    start: int = Field(description="Offset of the sentence in Answer.answer.")
+    end: int = Field(description="End offset (exclusive) in Answer.answer.")
+    sources: list[int] = Field(default_factory=list, description="The [n] the sentence carries.")
+    model_sources: list[int] = Field(
+        default_factory=list, description="The [n] the model wrote itself, right or wrong."
+    )
+    score: float = Field(0.0, description="Support score of the best-matching shown chunk.")
+    supported: bool = Field(description="A shown chunk supports it; False flags the sentence.")
+
+
 def new_answer_id() -> str:
     return "ans_" + uuid.uuid4().hex
 
@@ -83,7 +101,14 @@ class Answer(BaseModel):
     standalone_question: str
     history: list[Message] = Field(default_factory=list)
     collection: str
-    answer: str
+    answer: str = Field(description="The answer as shown: the model's text with checked [n] marks.")
+    raw_answer: str | None = Field(
+        None, description="The model's text as generated (None on answers stored before citations)."
+    )
+    sentences: list[SentenceAttribution] = Field(
+        default_factory=list, description="The answer's sentences with their sources; empty when "
+        "nothing was retrieved."
+    )
     citations: list[Citation] = Field(default_factory=list)
     grounded: bool = Field(description="False when no retrieved chunk was relevant enough.")
     model: str

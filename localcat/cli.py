@@ -57,16 +57,102 @@ def _print_sources(citations, out=sys.stdout) -> None:
     for c in citations:
         mark = "*" if c.cited else " "
         click.echo(f" {mark}[{c.n}] {c.location}  (score {c.score:.4f})", file=out)
+        if c.sentences:
+            which = ", ".join(str(i + 1) for i in c.sentences)
+            click.echo(f"      cited by sentence{'s' if len(c.sentences) > 1 else ''} {which}",
+                       file=out)
         click.echo(f"      {c.snippet[:160]}", file=out)
+
+
+FLAG = "[?]"  # where a sentence no shown source supports would carry its [n]
+
+
+def render_answer(answer) -> str:
+    """The answer with its [n] marks highlighted and unsupported sentences dimmed and flagged.
+
+    The styles are ANSI codes, which click.echo drops when the output is not a terminal."""
+    from assistant.citations import MARK, insert_mark
+
+    def marks(text: str) -> str:
+        return MARK.sub(lambda m: click.style(m.group(0), fg="cyan", bold=True), text)
+
+    out, pos = [], 0
+    for s in answer.sentences:
+        out.append(marks(answer.answer[pos:s.start]))
+        if s.supported:
+            out.append(marks(s.text))
+        else:
+            out.append(click.style(insert_mark(s.text, FLAG), dim=True))
+        pos = s.end
+    out.append(marks(answer.answer[pos:]))
+    return "".join(out)
+
+
+def _print_unsupported(answer) -> None:
+    flagged = [i + 1 for i, s in enumerate(answer.sentences) if not s.supported]
+    if flagged:
+        which = ", ".join(map(str, flagged))
+        click.echo(f"\n{FLAG} No shown source supports sentence{'s' if len(flagged) > 1 else ''} "
+                   f"{which} of {len(answer.sentences)}.")
+
+
+class _LiveAnswer:
+    """Tokens as the model writes them (on a terminal), replaced by the checked answer at the end.
+
+    Off a terminal only the final answer is printed: a pipe gets the text once, marks included.
+    """
+
+    def __init__(self, prefix: str = ""):
+        self.live = sys.stdout.isatty()
+        self.prefix = prefix
+        self.shown = prefix
+        if self.live and prefix:
+            click.echo(prefix, nl=False)
+
+    def token(self, text: str) -> None:
+        if self.live:
+            click.echo(text, nl=False)
+            sys.stdout.flush()
+            self.shown += text
+
+    def finish(self, answer) -> None:
+        if self.live:
+            import shutil
+
+            rows = _rows(self.shown)
+            if rows < shutil.get_terminal_size().lines:
+                # Back to the first streamed row, clear below it, write the checked answer there.
+                click.echo("\r" + (f"\x1b[{rows - 1}A" if rows > 1 else "") + "\x1b[J", nl=False)
+            else:  # its start scrolled away: the checked answer goes below instead
+                click.echo("\n")
+        click.echo(self.prefix + render_answer(answer))
+        _print_unsupported(answer)
+        _print_sources(answer.citations)
+
+
+def _rows(text: str) -> int:
+    """Terminal rows ``text`` took, counting wrapped lines and double-width characters."""
+    import shutil
+    import unicodedata
+
+    width = max(shutil.get_terminal_size().columns, 1)
+    rows = 0
+    for line in text.split("\n"):
+        cells = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in line)
+        rows += max(1, -(-cells // width))
+    return rows
 
 
 @main.command()
 @click.argument("question")
 @_collection_option
 @click.option("--model", "-m", default=None, help="Model name (Ollama runtime).")
-@click.option("--json", "as_json", is_flag=True, help="Print the answer and its sources as JSON.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the answer, its sentences and sources as JSON.")
 def ask(question: str, collection: str | None, model: str | None, as_json: bool) -> None:
     """Answer QUESTION from the ingested documents, with cited sources.
+
+    Each sentence a source supports carries its [n]; a sentence no source supports is marked [?].
 
     Example: localcat ask "What is the per-diem for travel?" --collection handbook
     """
@@ -75,16 +161,15 @@ def ask(question: str, collection: str | None, model: str | None, as_json: bool)
     c = parts()
     pipeline = c.pipeline(collection, model)
     click.echo(f"[{pipeline.model_tag}]", err=True)
+    live = None if as_json else _LiveAnswer()
     for event in pipeline.stream(question):
-        if isinstance(event, Token) and not as_json:
-            click.echo(event.text, nl=False)
-            sys.stdout.flush()
+        if isinstance(event, Token) and live:
+            live.token(event.text)
         elif isinstance(event, Done):
-            if as_json:
-                click.echo(event.answer.model_dump_json(indent=2))
+            if live:
+                live.finish(event.answer)
             else:
-                click.echo()
-                _print_sources(event.answer.citations)
+                click.echo(event.answer.model_dump_json(indent=2))
 
 
 @main.command()
@@ -115,14 +200,13 @@ def chat(collection: str | None, model: str | None) -> None:
             continue
         if not question:
             continue
-        click.echo("localcat> ", nl=False)
+        live = _LiveAnswer("localcat> ")
         try:
             for event in pipeline.stream(question, history):
                 if isinstance(event, Token):
-                    click.echo(event.text, nl=False)
+                    live.token(event.text)
                 elif isinstance(event, Done):
-                    click.echo()
-                    _print_sources(event.answer.citations)
+                    live.finish(event.answer)
                     history += [Message(role="user", content=question),
                                 Message(role="assistant", content=event.answer.answer)]
         except LocalCatError as exc:  # keep the session alive: the runtime may come back

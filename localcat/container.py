@@ -101,6 +101,17 @@ class Container:
 
         return FeedbackStore(self.settings.feedback_db)
 
+    @cached_property
+    def attributor(self):
+        """Checks the [n] marks of answers with the configured embedder. Its thresholds were
+        measured with MiniLM: other embedders (e5's cosines sit higher; 'fake' hashes mean
+        nothing) get the word-overlap scoring instead."""
+        from assistant.citations import CitationAttributor
+        from core.embeddings import MINILM
+
+        dense = self.embeddings.name.startswith(MINILM)
+        return CitationAttributor(self.embeddings if dense else None)
+
     def retriever(self, collection: str | None = None):
         from assistant.retriever import HybridRetriever
 
@@ -158,4 +169,5 @@ class Container:
         return RagPipeline(llm, retriever, model_tag=tag, condense=p.condense,
                            history_turns=p.history_turns,
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
-                           on_answer=self.feedback.record_answer if record else None)
+                           on_answer=self.feedback.record_answer if record else None,
+                           attributor=self.attributor)

@@ -1,8 +1,10 @@
 """The HTTP API (FastAPI): OpenAI-compatible chat with RAG, ingest, collections, feedback, health.
 
-Citations ride along as documented extensions, so any OpenAI client works unchanged:
-``choices[0].message.citations`` (non-streaming), a ``citations`` field on the first stream chunk
-and the final one, and a top-level ``localcat`` object with the answer id for feedback.
+Citations ride along as documented extensions, so any OpenAI client works unchanged (the wire
+models are in ``localcat/openai_schemas.py``): ``choices[0].message.citations`` (non-streaming), a
+``citations`` field on the first stream chunk and the final one, and a top-level ``localcat`` object
+with the answer id for feedback. Stream deltas carry the text as the model writes it; the final
+chunk's ``localcat.answer`` is the answer with its checked [n] marks (the non-streaming ``content``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,22 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Stre
 from pydantic import BaseModel, Field
 
 from core.errors import BadRequest, ConfigError, LocalCatError
-from core.schemas import Answer, Message, new_answer_id
+from core.schemas import Message, new_answer_id
 from localcat.container import Container
+from localcat.openai_schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChunkChoice,
+    Delta,
+    ErrorDetail,
+    ErrorResponse,
+    LocalCatExtension,
+    ModelCard,
+    ModelList,
+    Usage,
+)
 
 log = logging.getLogger("localcat.server")
 
@@ -46,10 +62,15 @@ class ChatMessageIn(BaseModel):
         return self.content or ""
 
 
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
 class ChatCompletionRequest(BaseModel):
     model: str = DEFAULT_MODEL
     messages: list[ChatMessageIn] = Field(min_length=1)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     collection: str | None = Field(None, description="LocalCat extension: collection to search.")
     user: str | None = None
 
@@ -70,16 +91,6 @@ def _split_messages(messages: list[ChatMessageIn]) -> tuple[str, list[Message]]:
     history = [Message(role=m.role, content=m.text()) for m in messages[:-1]
                if m.role in ("user", "assistant")]
     return messages[-1].text().strip(), history
-
-
-def _localcat_ext(answer: Answer) -> dict:
-    return {
-        "answer_id": answer.id,
-        "grounded": answer.grounded,
-        "standalone_question": answer.standalone_question,
-        "collection": answer.collection,
-        "prompt_version": answer.prompt_version,
-    }
 
 
 # --- the app ----------------------------------------------------------------------------------
@@ -122,38 +133,42 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     # --- OpenAI-compatible --------------------------------------------------------------------
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_model=ModelList)
     def list_models():
         from core.llm import list_models as runtime_models
 
         names = [DEFAULT_MODEL, *runtime_models(c.served_llm)]
-        return {"object": "list",
-                "data": [{"id": n, "object": "model", "created": 0, "owned_by": "localcat"}
-                         for n in dict.fromkeys(names)]}
+        return ModelList(data=[ModelCard(id=n) for n in dict.fromkeys(names)])
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=ChatCompletion,
+              responses={200: {"content": {"text/event-stream": {}},
+                               "description": "A ChatCompletion, or with `stream` ChatCompletionChunk "
+                                              "events"}})
     def chat_completions(req: ChatCompletionRequest):
+        from assistant.pipeline import Done
+
         question, history = _split_messages(req.messages)
         model = None if req.model in ("", DEFAULT_MODEL) else req.model
         pipeline = c.pipeline(req.collection, model, record=True)
         created = int(time.time())
         answer_id = new_answer_id()
         if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return StreamingResponse(
                 _in_thread(_sse(pipeline.stream(question, history, answer_id=answer_id),
-                                answer_id, req.model, created)),
+                                answer_id, req.model, created, include_usage)),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        answer = pipeline.ask(question, history, answer_id=answer_id)
-        return {
-            "id": answer.id, "object": "chat.completion", "created": created, "model": req.model,
-            "choices": [{"index": 0, "finish_reason": "stop", "message": {
-                "role": "assistant", "content": answer.answer,
-                "citations": [x.model_dump() for x in answer.citations]}}],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "localcat": _localcat_ext(answer),
-        }
+        events = pipeline.stream(question, history, answer_id=answer_id)
+        done = [e for e in events if isinstance(e, Done)][-1]
+        answer = done.answer
+        return ChatCompletion(
+            id=answer.id, created=created, model=req.model,
+            choices=[Choice(finish_reason=done.finish_reason,
+                            message=AssistantMessage(content=answer.answer, citations=answer.citations))],
+            usage=_usage(done.usage), localcat=LocalCatExtension.of(answer, final=True),
+        )
 
     # --- LocalCat API -------------------------------------------------------------------------
 
@@ -255,35 +270,51 @@ class _Unauthorized(LocalCatError):
                          "send `Authorization: Bearer <key>` with a key from LOCALCAT_SERVER__API_KEYS")
 
 
+def _error_body(status: int, message: str, kind: str) -> ErrorResponse:
+    return ErrorResponse(error=ErrorDetail(message=message, type=kind, code=status))
+
+
 def _error(status: int, message: str, kind: str) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "code": status}}, status_code=status)
+    return JSONResponse(_error_body(status, message, kind).model_dump(), status_code=status)
 
 
-def _sse(events, cid: str, model: str, created: int) -> Iterator[str]:
-    """OpenAI chat.completion.chunk events; errors after the first byte become an error event."""
+def _usage(usage) -> Usage:
+    """The pipeline's token counts (zeros when the runtime reported none)."""
+    if usage is None:
+        return Usage()
+    return Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+                 total_tokens=usage.total_tokens)
+
+
+def _sse(events, cid: str, model: str, created: int, include_usage: bool = False) -> Iterator[str]:
+    """OpenAI chat.completion.chunk events; errors after the first byte become an error event.
+
+    With ``include_usage`` (OpenAI's ``stream_options``) a last chunk with no choices carries the
+    token counts, as OpenAI sends it."""
     from assistant.pipeline import Done, Sources, Token
 
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
-        body = {"id": cid, "object": "chat.completion.chunk", "created": created,
-                "model": model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-                **extra}
-        return f"data: {json.dumps(body, default=str)}\n\n"
+    def chunk(delta: Delta, finish: str | None = None, **extra) -> str:
+        return ChatCompletionChunk(id=cid, created=created, model=model,
+                                   choices=[ChunkChoice(delta=delta, finish_reason=finish)],
+                                   **extra).sse()
 
     try:
         for event in events:
             if isinstance(event, Sources):
-                yield chunk({"role": "assistant", "content": ""},
-                            citations=[x.model_dump() for x in event.citations])
+                yield chunk(Delta(role="assistant", content=""), citations=event.citations)
             elif isinstance(event, Token):
-                yield chunk({"content": event.text})
+                yield chunk(Delta(content=event.text))
             elif isinstance(event, Done):
-                yield chunk({}, "stop", citations=[x.model_dump() for x in event.answer.citations],
-                            localcat=_localcat_ext(event.answer))
+                yield chunk(Delta(), event.finish_reason, citations=event.answer.citations,
+                            localcat=LocalCatExtension.of(event.answer, final=True))
+                if include_usage:
+                    yield ChatCompletionChunk(id=cid, created=created, model=model, choices=[],
+                                              usage=_usage(event.usage)).sse()
     except LocalCatError as exc:
-        yield f"data: {json.dumps({'error': {'message': str(exc), 'type': type(exc).__name__, 'code': exc.status}})}\n\n"
+        yield _error_body(exc.status, str(exc), type(exc).__name__).sse()
     except Exception:
         log.exception("stream failed")
-        yield f"data: {json.dumps({'error': {'message': 'Internal error; see the server log', 'type': 'InternalError', 'code': 500}})}\n\n"
+        yield _error_body(500, "Internal error; see the server log", "InternalError").sse()
     finally:
         events.close()
     yield "data: [DONE]\n\n"

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from core.errors import LocalCatError, MissingDependency
-from core.schemas import Citation, IngestReport, Message
+from core.schemas import Answer, Citation, IngestReport, Message, new_answer_id
 from core.settings import LLMSettings
 
 if TYPE_CHECKING:
@@ -45,6 +45,11 @@ def source_url(collection: str, chunk_id: str) -> str:
     return f"{FILES_ROUTE}/{quote(collection, safe='')}/{quote(chunk_id, safe='')}"
 
 
+def _which(sentences: list[int]) -> str:
+    """'sentence 2' / 'sentences 1, 3' (1-based, as a reader counts)."""
+    return f"sentence{'s' if len(sentences) > 1 else ''} " + ", ".join(str(i + 1) for i in sentences)
+
+
 def sources_footer(citations: list[Citation], collection: str) -> str:
     """Compact markdown list appended under an answer in the chat."""
     if not citations:
@@ -53,14 +58,19 @@ def sources_footer(citations: list[Citation], collection: str) -> str:
     for c in citations:
         name = Path(c.source).name.replace("[", "(").replace("]", ")")
         place = c.place
-        mark = " · ✓ cited" if c.cited else ""
+        mark = f" · ✓ cited by {_which(c.sentences)}" if c.sentences else " · ✓ cited" if c.cited else ""
         lines.append(f"{c.n}. [{name}]({source_url(collection, c.chunk_id)})"
                      f"{' — ' + place if place else ''} · score {c.score:.4f}{mark}")
     return "\n".join(lines)
 
 
-def sources_html(citations: list[Citation], collection: str) -> str:
-    """The side panel: one card per source with its snippet."""
+def card_id(answer_id: str, n: int) -> str:
+    """The element id of source [n]'s card in the panel: the answer's [n] marks link to it."""
+    return f"lc-src-{answer_id.removeprefix('ans_')[:12]}-{n}"
+
+
+def sources_html(citations: list[Citation], collection: str, answer_id: str = "") -> str:
+    """The side panel: one card per source with its snippet (and, once answered, what cites it)."""
     if not citations:
         return NO_SOURCES
     cards = []
@@ -69,16 +79,51 @@ def sources_html(citations: list[Citation], collection: str) -> str:
         name = Path(c.source).name
         place = c.place
         sim = "" if c.similarity is None else f" · similarity {c.similarity:.2f}"
+        cited = f" ✓ cited by {_which(c.sentences)}" if c.sentences else " ✓ cited" if c.cited else ""
         cards.append(
-            f"<div class='lc-source' data-n='{c.n}'>"
+            f"<div class='lc-source' id='{card_id(answer_id, c.n)}' data-n='{c.n}'>"
             f"<div class='lc-head'><b>[{c.n}]</b> "
             f"<a href='{esc(source_url(collection, c.chunk_id))}' target='_blank' "
             f"title='{esc(c.source)}'>{esc(name)}</a>"
-            f"{' — ' + esc(place) if place else ''}{' ✓ cited' if c.cited else ''}</div>"
+            f"{' — ' + esc(place) if place else ''}{cited}</div>"
             f"<div class='lc-score'>score {c.score:.4f}{sim}</div>"
             f"<div class='lc-snippet'>{esc(c.snippet)}</div></div>"
         )
     return "".join(cards)
+
+
+UNSUPPORTED = "No shown source supports this sentence"
+# The chat's markdown keeps inline styles and titles (Gradio sanitises, but lets these through);
+# page-level CSS cannot reach it, since mount_gradio_app replaces the page's css.
+_UNSUPPORTED_STYLE = "opacity: 0.65; text-decoration: underline dotted;"
+
+
+def answer_markdown(answer: Answer) -> str:
+    """The final chat message: each [n] links to its card in the sources panel, and sentences no
+    shown source supports are dimmed, underlined and flagged [?]."""
+    from assistant.citations import MARK, insert_mark
+
+    names = {c.n: Path(c.source).name for c in answer.citations}
+
+    def link(group) -> str:
+        numbers = [int(x) for x in group.group(1).replace(";", ",").split(",")]
+        if not all(n in names for n in numbers):
+            return group.group(0)
+        return "".join(f"<a class='lc-cite' href='#{card_id(answer.id, n)}' "
+                       f"title='{html.escape(names[n], quote=True)}'>[{n}]</a>" for n in numbers)
+
+    out, pos = [], 0
+    for s in answer.sentences:
+        out.append(MARK.sub(link, answer.answer[pos:s.start]))
+        if s.supported:
+            out.append(MARK.sub(link, s.text))
+        else:
+            flag = f"<sup class='lc-flag' title='{UNSUPPORTED}'>[?]</sup>"
+            out.append(f"<span class='lc-unsupported' style='{_UNSUPPORTED_STYLE}' "
+                       f"title='{UNSUPPORTED}'>{insert_mark(s.text, flag)}</span>")
+        pos = s.end
+    out.append(MARK.sub(link, answer.answer[pos:]))
+    return "".join(out)
 
 
 SOURCES_CSS = """
@@ -87,6 +132,7 @@ SOURCES_CSS = """
 .lc-score { color: var(--body-text-color-subdued); font-size: 0.85em; }
 .lc-snippet { margin-top: 4px; white-space: pre-wrap; }
 .lc-empty { color: var(--body-text-color-subdued); }
+.lc-source:target { outline: 2px solid var(--color-accent); }
 """
 
 
@@ -190,12 +236,13 @@ def build_ui(container: Any) -> "gradio.Blocks":
                 {"role": "assistant", "content": "…"}]
         yield chat, "", SEARCHING, session, gr.skip()
         text = ""
+        answer_id = new_answer_id()  # known up front, so the cards' ids match the answer's links
         try:
             override = model if model and model != configured["model"] else None
             pipeline = container.pipeline(collection, override, record=True)
-            for event in pipeline.stream(question, session.history):
+            for event in pipeline.stream(question, session.history, answer_id=answer_id):
                 if isinstance(event, Sources):
-                    yield (gr.skip(), gr.skip(), sources_html(event.citations, collection),
+                    yield (gr.skip(), gr.skip(), sources_html(event.citations, collection, answer_id),
                            gr.skip(), gr.skip())
                 elif isinstance(event, Token):
                     text += event.text
@@ -211,13 +258,14 @@ def build_ui(container: Any) -> "gradio.Blocks":
             chat[-1] = {"role": "assistant", "content": _warn(err)}
             yield chat, question, NO_SOURCES, session, gr.skip()
             return
+        # The text streamed as generated; the final message is the checked one.
         chat[-1] = {"role": "assistant",
-                    "content": answer.answer + sources_footer(answer.citations, collection)}
+                    "content": answer_markdown(answer) + sources_footer(answer.citations, collection)}
         session.answer_ids[len(chat) - 1] = answer.id
         session.last_answer_id = answer.id
         session.history += [Message(role="user", content=question),
                             Message(role="assistant", content=answer.answer)]
-        yield (chat, gr.skip(), sources_html(answer.citations, collection), session,
+        yield (chat, gr.skip(), sources_html(answer.citations, collection, answer.id), session,
                f"Answer `{answer.id}` · {answer.model} · rate it or send a correction below.")
 
     def save(session: Session, answer_id: str | None, rating: str | None,

@@ -38,11 +38,15 @@ def test_openai_client_gets_a_cited_answer_and_feedback_lands(api):
         model="localcat", extra_body={"collection": "kbase"},
         messages=[{"role": "user", "content": "How many vacation days do I get?"}])
     msg = resp.choices[0].message
-    assert msg.content == TINY_ANSWER
+    assert msg.content == TINY_ANSWER  # a sentence that claims nothing: its [1] stays as written
     citations = msg.model_extra["citations"]
     assert citations and citations[0]["source"].endswith("vacation.md") and citations[0]["cited"]
     answer_id = resp.model_extra["localcat"]["answer_id"]
     assert resp.id == answer_id and c.feedback.get_answer(answer_id).answer == TINY_ANSWER
+    assert resp.model_extra["localcat"]["answer"] == TINY_ANSWER
+    # Real token counts from llama.cpp: the prompt holds the retrieved chunks.
+    assert resp.usage.prompt_tokens > 50 and resp.usage.completion_tokens > 0
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + resp.usage.completion_tokens
 
     r = httpx.post(url + "/api/feedback", json={"answer_id": answer_id, "rating": "down",
                                                "correction": "27 days [1]."})
@@ -56,13 +60,18 @@ def test_streaming_sends_sources_first_and_the_answer_id_last(api):
     url, _ = api
     stream = client(url).chat.completions.create(
         model="localcat", stream=True, extra_body={"collection": "kbase"},
+        stream_options={"include_usage": True},
         messages=[{"role": "user", "content": "Who descales the espresso machine?"}])
     chunks = list(stream)
     assert chunks[0].model_extra["citations"][0]["source"].endswith("kitchen.html")
-    text = "".join(ch.choices[0].delta.content or "" for ch in chunks)
+    text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     assert text == TINY_ANSWER
-    assert chunks[-1].choices[0].finish_reason == "stop"
-    assert chunks[-1].model_extra["localcat"]["answer_id"].startswith("ans_")
+    *_, last, usage = chunks
+    assert last.choices[0].finish_reason == "stop"
+    assert last.model_extra["localcat"]["answer_id"].startswith("ans_")
+    assert last.model_extra["localcat"]["answer"] == TINY_ANSWER
+    # As OpenAI sends it with include_usage: a last chunk without choices.
+    assert usage.choices == [] and usage.usage.completion_tokens > 0
 
 
 def test_history_is_used_and_models_are_listed(api):
@@ -209,3 +218,52 @@ def test_ollama_runtime_streams_through_our_api_and_missing_model_is_404(docs_di
                     model="mistral", extra_body={"collection": "kbase"},
                     messages=[{"role": "user", "content": "hi"}])
             assert "ollama pull mistral" in err.value.message
+
+
+VACATION_AND_COFFEE = ("Every employee gets 27 vacation days per calendar year. The espresso machine "
+                       "is descaled every Friday by the facilities team [7]. Parking on the moon "
+                       "costs nothing.")
+
+
+def test_answers_carry_a_checked_citation_on_every_supported_sentence(docs_dir, monkeypatch):
+    """Real MiniLM attribution behind the real `openai` client; the model's words come from a fake
+    Ollama (its own marks: none on the first sentence, a wrong one on the second)."""
+    from localcat.container import Container
+    from localcat.server import create_app
+
+    with FakeOllama(models=["llama3.2:latest"], reply=VACATION_AND_COFFEE) as ollama:
+        monkeypatch.setenv("OLLAMA_HOST", ollama.url)
+        monkeypatch.setenv("LOCALCAT_LLM__RUNTIME", "ollama")
+        c = Container()
+        c.indexer.ingest([docs_dir], "kbase")
+        question = [{"role": "user", "content": "How much vacation do I get, and who descales the "
+                                                "espresso machine?"}]
+        with serve_app(create_app(c, with_ui=False)) as url:
+            resp = client(url).chat.completions.create(
+                model="localcat", extra_body={"collection": "kbase"}, messages=question)
+            chunks = list(client(url).chat.completions.create(
+                model="localcat", stream=True, extra_body={"collection": "kbase"},
+                messages=question))
+
+    msg = resp.choices[0].message
+    n = {x["source"].rsplit("/", 1)[-1]: x["n"] for x in msg.model_extra["citations"]}
+    assert msg.content == (
+        f"Every employee gets 27 vacation days per calendar year [{n['vacation.md']}]. The "
+        f"espresso machine is descaled every Friday by the facilities team [{n['kitchen.html']}]. "
+        "Parking on the moon costs nothing.")
+    sentences = resp.model_extra["localcat"]["sentences"]
+    assert [(s["sources"], s["model_sources"], s["supported"]) for s in sentences] == [
+        ([n["vacation.md"]], [], True), ([n["kitchen.html"]], [7], True), ([], [], False)]
+    assert all(msg.content[s["start"]:s["end"]] == s["text"] for s in sentences)
+    by_n = {x["n"]: x for x in msg.model_extra["citations"]}
+    assert by_n[n["vacation.md"]]["sentences"] == [0] and by_n[n["vacation.md"]]["cited"]
+    assert by_n[n["kitchen.html"]]["sentences"] == [1]
+    assert c.feedback.get_answer(resp.id).raw_answer == VACATION_AND_COFFEE
+
+    # Streamed: the deltas are the words as written, the last chunk the checked answer.
+    assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == VACATION_AND_COFFEE
+    final = chunks[-1].model_extra
+    assert final["localcat"]["answer"] == msg.content
+    assert final["localcat"]["sentences"][1]["sources"] == [n["kitchen.html"]]
+    assert [x["sentences"] for x in final["citations"]] == [
+        x["sentences"] for x in msg.model_extra["citations"]]

@@ -137,6 +137,16 @@ def test_ask_rate_and_correct_in_the_browser(tiny_gguf, docs_dir, tmp_path, monk
             recorded = container.feedback.get_answer(answer_id)
             assert recorded is not None and recorded.answer
             expect(bot).to_contain_text(recorded.answer)
+            # The final answer's [n] is a link to its card in the sources panel.
+            mark = bot.locator("a.lc-cite").first
+            expect(mark).to_have_text("[1]")
+            target = mark.get_attribute("href")
+            assert re.fullmatch(r"#lc-src-[0-9a-f]{12}-1", target), target
+            card = page.locator(f"#sources {target}")
+            expect(card).to_contain_text("[1]")
+            mark.click()
+            assert page.url.endswith(target)
+            expect(card).to_be_in_viewport()
 
             # 👍 on the message itself (Gradio's like), then 👎 and a correction for the last answer.
             page.locator("#chat button[aria-label='Like']").last.click()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from langchain_core.documents import Document
 from langchain_core.language_models import GenericFakeChatModel
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AIMessageChunk
+from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.retrievers import BaseRetriever
 
-from assistant.pipeline import Done, RagPipeline, Sources, Token
+from assistant.citations import CitationAttributor
+from assistant.pipeline import Done, RagPipeline, Sources, Token, Usage
 from core.prompt import NOT_FOUND, PROMPT_VERSION
-from core.schemas import Message
+from core.schemas import Answer, Message
 
 
 class FixedRetriever(BaseRetriever):
@@ -92,3 +94,48 @@ def test_rambling_condense_output_falls_back_to_the_question():
         [Message(role="user", content="hi"), Message(role="assistant", content="hello")],
     )
     assert retriever.queries == ["and then?"]
+
+
+class UsageReportingChat(GenericFakeChatModel):
+    """Streams like the runtimes do: text chunks, then an empty one carrying the token counts."""
+
+    def _stream(self, messages, stop=None, run_manager=None, **kwargs):
+        yield from super()._stream(messages, stop=stop, run_manager=run_manager, **kwargs)
+        yield ChatGenerationChunk(message=AIMessageChunk(
+            content="", usage_metadata={"input_tokens": 42, "output_tokens": 7, "total_tokens": 49}))
+
+
+def test_tokens_stream_as_written_and_the_answer_carries_checked_marks():
+    retriever = FixedRetriever(docs=[doc(1, "Every employee gets 27 vacation days per year."),
+                                     doc(2, "The espresso machine is descaled every Friday.")])
+    raw = "Employees get 27 vacation days per year. The moon is made of cheese [5]."
+    pipe = RagPipeline(UsageReportingChat(messages=iter([AIMessage(raw)])), retriever,
+                       model_tag="fake", attributor=CitationAttributor(None))
+    events = list(pipe.stream("How many vacation days?"))
+
+    assert "".join(e.text for e in events if isinstance(e, Token)) == raw
+    done = events[-1]
+    assert isinstance(done, Done) and done.usage == Usage(prompt_tokens=42, completion_tokens=7)
+    answer = done.answer
+    assert answer.raw_answer == raw
+    assert answer.answer == "Employees get 27 vacation days per year [1]. The moon is made of cheese."
+    assert [(s.sources, s.model_sources, s.supported) for s in answer.sentences] == [
+        ([1], [], True), ([], [5], False)]
+    assert [(c.cited, c.sentences) for c in answer.citations] == [(True, [0]), (False, [])]
+
+
+def test_the_not_found_answer_is_not_attributed():
+    pipe = RagPipeline(fake_llm(), FixedRetriever(docs=[]), model_tag="fake",
+                       attributor=CitationAttributor(None))
+    answer = pipe.ask("What is the airspeed of a swallow?")
+    assert answer.answer == answer.raw_answer == NOT_FOUND and answer.sentences == []
+
+
+def test_answers_stored_before_citations_still_load():
+    old = {"id": "ans_1", "question": "q", "standalone_question": "q", "collection": "kb",
+           "answer": "27 days [1].", "grounded": True, "model": "m", "prompt_version": "rag-v2",
+           "citations": [{"n": 1, "chunk_id": "c1", "source": "/a.md", "snippet": "s",
+                          "score": 0.5, "cited": True}]}
+    answer = Answer.model_validate(old)
+    assert answer.raw_answer is None and answer.sentences == []
+    assert answer.citations[0].cited and answer.citations[0].sentences == []
