@@ -159,16 +159,16 @@ def _torch_threads(during: int, after: int) -> Iterator[None]:
 class OnnxInt8Embeddings(SentenceTransformerEmbeddings):
     """The same model, exported to ONNX and quantised to int8 (ONNX Runtime dynamic quantisation).
 
-    Exported once from the packaged weights into ``data_dir/embedders`` (``localcat embedder
-    prepare``, or on first use), then run by ONNX Runtime: ~2–3× the fp32 encode speed on these
+    Exported once from the packaged weights into ``embedding.cache_dir`` (by ./scripts/setup, or
+    on first use), then run by ONNX Runtime: ~2–3× the fp32 encode speed on these
     CPUs, at a cost in retrieval quality measured in BENCHMARKS.md. Its vectors differ from the
     fp32 model's, so it counts as another embedder: a collection keeps the one it was built with.
     """
 
-    def __init__(self, settings: EmbeddingSettings, cache_dir: Path):
+    def __init__(self, settings: EmbeddingSettings):
         super().__init__(settings)
         self.name = f"{self.name}+onnx-int8"
-        self.onnx_path = cache_dir / f"{self.model_path.name}-int8" / "model.onnx"
+        self.onnx_path = settings.cache_dir / f"{self.model_path.name}-int8" / "model.onnx"
         self._sessions: dict[int, Any] = {}
 
     def prepare(self) -> Path:

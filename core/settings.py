@@ -53,6 +53,12 @@ class EmbeddingSettings(BaseModel):
     ingest_threads: int = Field(
         0, ge=0, description="Threads for encoding batches of chunks during ingest; 0: all cores."
     )
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        / "localcat" / "embedders",
+        description="Where derived embedders (the int8 ONNX export) are kept: made once per "
+        "machine from the packaged weights.",
+    )
 
 
 class ChromaSettings(BaseModel):

