@@ -279,6 +279,40 @@ class FinetuneSettings(BaseModel):
         128, ge=1, description="Longest answer generated per test question."
     )
     eval_limit: int = Field(200, ge=1, description="Most test questions evaluated.")
+    objective: Literal["auto", "sft", "kto"] = Field(
+        "auto",
+        description="What the LoRA learns from: 'sft' (the corrected and thumbs-up answers), "
+        "'kto' (TRL's KTOTrainer on the thumbs, up as good and down as bad), or 'auto': KTO when "
+        "the training split has fewer than kto_below_corrections corrections but at least "
+        "kto_min_rows thumbs of both kinds, else SFT.",
+    )
+    kto_below_corrections: int = Field(
+        10, ge=0, description="'auto' trains with KTO below this many corrections in training."
+    )
+    kto_min_rows: int = Field(
+        20, ge=2, description="Fewest KTO training rows (good and bad together) for 'auto' to "
+        "choose KTO; at least one of each is needed.",
+    )
+    kto_beta: float = Field(
+        0.1, gt=0, description="KTO's beta: how far the adapter may move from the base."
+    )
+    gate_metric: Literal["quality", "key_fact_recall", "token_f1"] = Field(
+        "quality",
+        description="Per-answer score the promotion gate compares: 'quality' is the mean of "
+        "key-fact recall and token F1 against the reference, minus 1 when the answer loops; or "
+        "one of the two alone (core.answer_metrics defines them, as `localcat eval` does).",
+    )
+    gate_min_questions: int = Field(
+        20, ge=1, description="Fewest test questions the gate judges on; with fewer the adapter "
+        "is not promoted (register it anyway with --force).",
+    )
+    gate_resamples: int = Field(
+        2000, ge=100, description="Paired bootstrap resamples of the per-question differences."
+    )
+    gate_confidence: float = Field(
+        0.95, gt=0.5, lt=1, description="Confidence of the bootstrap interval; the adapter is "
+        "promoted only when the interval's lower bound of its gain is above zero.",
+    )
     lora_outtype: Literal["f32", "f16", "bf16", "q8_0"] = Field(
         "f16", description="Tensor type of the GGUF adapter."
     )

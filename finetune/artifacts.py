@@ -215,6 +215,8 @@ class ExampleCounts(_Model):
     train: int
     val: int
     too_long: int
+    good: int | None = None  # KTO: training rows rated good (thumbs up, corrections) and bad
+    bad: int | None = None
 
 
 class TrainResult(Artifact):
@@ -225,6 +227,8 @@ class TrainResult(Artifact):
     run: str
     trainer: Literal["unsloth", "peft"]
     fallback: bool
+    objective: Literal["sft", "kto"] = "sft"  # what it learned from: see `Objective`
+    objective_reason: str = ""
     base: BaseInfo
     examples: ExampleCounts
     steps: int
@@ -240,7 +244,8 @@ class TrainResult(Artifact):
 
     def summary(self) -> str:
         note = " (plain PEFT fallback)" if self.fallback else ""
-        return (f"{self.run}: {self.steps} steps with {self.trainer}{note} in {self.seconds}s "
+        how = f" of {self.objective.upper()} ({self.objective_reason})" if self.objective_reason else ""
+        return (f"{self.run}: {self.steps} steps{how} with {self.trainer}{note} in {self.seconds}s "
                 f"({self.steps_per_second} steps/s), loss {self.train_loss}; adapter "
                 f"{self.adapter}; curve {self.loss_png}")
 
@@ -266,10 +271,21 @@ class LossHistory(Artifact):
 
 
 class Scores(_Model):
+    """One model's means over the test split (answer measures: core.answer_metrics).
+
+    Reports written before the answer gate have only the first four; ``answer_f1`` was then the
+    F1 of all word tokens and citation marks, now that of content words (``token_f1``).
+    """
+
     loss: float
     perplexity: float
     answer_f1: float
     exact_match: float
+    key_fact_recall: float | None = None
+    citation_agreement: float | None = None  # over the answers that cite, where the reference does
+    cited: float | None = None  # share of answers with a [n] mark
+    looping: float | None = None  # share of answers that loop
+    quality: float | None = None  # the gate's per-answer score, averaged
 
 
 class Metrics(_Model):
@@ -282,6 +298,30 @@ class Sample(_Model):
     reference: str
     base: str
     adapter: str
+
+
+class Gate(_Model):
+    """The promotion decision's figures: the gain's bootstrap interval and the looping guard."""
+
+    metric: str
+    questions: int
+    min_questions: int
+    gain: float | None  # mean of adapter − base per question; None: too few to judge
+    low: float | None
+    high: float | None
+    confidence: float
+    resamples: int
+    seed: int
+    loops_base: int
+    loops_adapter: int
+
+
+class QuestionScore(_Model):
+    """The gate's score of one test question's answers (kept so the decision can be rechecked)."""
+
+    id: str
+    base: float
+    adapter: float
 
 
 class EvalReport(Artifact):
@@ -299,9 +339,12 @@ class EvalReport(Artifact):
     rule: str
     seconds: float
     samples: list[Sample]
+    gate: Gate | None = None  # None in reports written before the answer gate
+    scores: list[QuestionScore] = Field(default_factory=list)
 
     def summary(self) -> str:
-        return f"{self.run}: {'PROMOTED' if self.promoted else 'not promoted'} — {self.reason}"
+        return (f"{self.run}: {'PROMOTED' if self.promoted else 'not promoted'} — the adapter "
+                f"{self.reason}")
 
 
 class ExportChecksums(_Model):
@@ -372,6 +415,7 @@ class AdapterManifest(Artifact):
     base: BaseInfo
     chat_template: TemplateInfo
     trainer: Literal["unsloth", "peft"]
+    objective: Literal["sft", "kto"] = "sft"
     lora: LoraInfo
     dataset: DatasetRef
     fingerprint: str

@@ -117,6 +117,9 @@ def _train_options(f):
     options = [
         click.option("--trainer", type=click.Choice(["unsloth", "peft"]), default=None,
                      help="unsloth (default) or the plain PEFT fallback."),
+        click.option("--objective", type=click.Choice(["auto", "sft", "kto"]), default=None,
+                     help="Learn from corrections (sft), from thumbs up/down (kto, TRL's "
+                          "KTOTrainer), or auto: KTO when corrections are too few (default)."),
         click.option("--steps", "max_steps", type=int, default=None,
                      help="Train this many steps (default: epochs decide)."),
         click.option("--epochs", type=float, default=None, help="Passes over the training split."),
@@ -232,14 +235,14 @@ def dataset(run: str | None, min_examples: int | None, as_json: bool) -> None:
 @_train_options
 @_json_option
 @_quiet_option
-def train_cmd(run, base, trainer, max_steps, epochs, learning_rate, restart, threads, as_json,
-              quiet) -> None:
+def train_cmd(run, base, trainer, objective, max_steps, epochs, learning_rate, restart, threads,
+              as_json, quiet) -> None:
     """Train a LoRA on the run's training split (resumes from its last checkpoint).
 
     Example: localcat finetune train --steps 60
     """
-    ctx = Context({"trainer": trainer, "max_steps": max_steps, "epochs": epochs,
-                   "learning_rate": learning_rate, "threads": threads})
+    ctx = Context({"trainer": trainer, "objective": objective, "max_steps": max_steps,
+                   "epochs": epochs, "learning_rate": learning_rate, "threads": threads})
     result = step_train(ctx, ctx.run_dir(run), base, restart, quiet)
     _emit(result, as_json, lambda r: r.summary())
 
@@ -251,6 +254,10 @@ def train_cmd(run, base, trainer, max_steps, epochs, learning_rate, restart, thr
 @_quiet_option
 def eval_cmd(run, base, as_json, quiet) -> None:
     """Compare base and adapter on the test split; decide whether the adapter is promoted.
+
+    Both answer every test question; the answers are scored against the references (key-fact
+    recall, F1, citations, looping) and the adapter is promoted only when its gain is beyond
+    noise: enough questions and a paired bootstrap interval above zero.
 
     Example: localcat finetune eval --json
     """
@@ -309,28 +316,31 @@ def register(run, base, ollama, activate, force, as_json) -> None:
 @_register_options
 @_json_option
 @_quiet_option
-def run_cmd(run, base, min_examples, trainer, max_steps, epochs, learning_rate, restart, threads,
-            ollama, activate, force, as_json, quiet) -> None:
-    """All steps: data set, train, eval, export and, when the adapter beats the base, register.
+def run_cmd(run, base, min_examples, trainer, objective, max_steps, epochs, learning_rate,
+            restart, threads, ollama, activate, force, as_json, quiet) -> None:
+    """All steps: data set, train, eval, export and, when the adapter beats the base beyond
+    noise, register (--force registers it anyway).
 
     Example: localcat finetune run --steps 200 --no-ollama
     """
-    ctx = Context({"min_examples": min_examples, "trainer": trainer, "max_steps": max_steps,
-                   "epochs": epochs, "learning_rate": learning_rate, "threads": threads})
+    ctx = Context({"min_examples": min_examples, "trainer": trainer, "objective": objective,
+                   "max_steps": max_steps, "epochs": epochs, "learning_rate": learning_rate,
+                   "threads": threads})
     run_dir = ctx.run_dir(run, new=True)
     dataset = step_dataset(ctx, run_dir)
     click.echo(f"data set: {dataset.summary()}", err=True)
     trained = step_train(ctx, run_dir, base, restart, quiet)
     click.echo(f"train: {trained.summary()}", err=True)
     evaluated = step_eval(ctx, run_dir, base, quiet)
-    click.echo(f"eval: {evaluated.reason}", err=True)
+    click.echo(f"eval: {evaluated.summary()}", err=True)
     exported = step_export(ctx, run_dir, base)
     version = (step_register(ctx, run_dir, base, ollama, activate, force)
                if evaluated.promoted or force else None)
     out = {"run": run_dir.name, "dataset": dataset, "train": trained, "eval": evaluated,
            "export": exported, "version": version}
-    _emit(out, as_json, lambda o: _version_line(version) if version else
+    _emit(out, as_json, lambda o: (_version_line(version) if version else
           f"{run_dir.name}: not registered — the adapter {evaluated.reason}")
+          + ("" if evaluated.promoted or not version else " (registered with --force)"))
 
 
 # --- models --------------------------------------------------------------------------------------------

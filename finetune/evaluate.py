@@ -1,49 +1,186 @@
 """Base vs adapter on the held-out test split: the gate a model passes before it is promoted.
 
-Two measures, both on the same examples the trainer never saw:
+Both answer every test prompt greedily, on the same examples the trainer never saw; each answer is
+scored against the reference with the measures `localcat eval` uses (core.answer_metrics):
+key-fact recall, token F1, whether its [n] marks cite what the reference cites, whether it loops.
+The loss (and perplexity) of the reference answer per completion token is reported beside them.
 
-* loss (and perplexity) of the reference answer, per completion token, as the model is prompted;
-* answer match: the greedy answer to each test prompt against the reference, as token F1 (words
-  and citation markers like ``[1]``) and exact match.
-
-The adapter is promoted when its loss is lower and its answer match is no worse than the base's.
+The adapter is promoted only when its gain is beyond noise (core.stats): on at least
+``gate_min_questions`` test questions, the paired bootstrap interval of the mean per-question gain
+in ``gate_metric`` lies above zero, and it loops on no more answers than the base. Otherwise the
+report says why in words, and `register` needs ``--force``.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.answer_metrics import (
+    citation_agreement,
+    citation_marks,
+    exact_match,
+    is_repetitive,
+    key_fact_recall,
+    token_f1,
+)
 from core.errors import ConfigError
 from core.settings import FinetuneSettings
-from finetune.artifacts import EvalReport, Metrics, RunLayout, Sample, Scores
+from core.stats import beats
+from finetune.artifacts import (
+    EvalReport,
+    Gate,
+    Metrics,
+    QuestionScore,
+    RunLayout,
+    Sample,
+    Scores,
+)
 from finetune.base import BaseRef, Vocab, hf_weights, require
 from finetune.dataset import read_jsonl
 from finetune.modelfile import stop_markers
 from finetune.train import Example, tokenize_rows
 
-_TOKEN = re.compile(r"\[\d+\]|\w+")
+METRIC_NAMES = {"quality": "quality (mean of key-fact recall and F1, loops score -1)",
+                "key_fact_recall": "key-fact recall", "token_f1": "token F1"}
+FORCE = "--force to register anyway"
 
 
-def answer_tokens(text: str) -> list[str]:
-    return _TOKEN.findall(text.casefold())
+@dataclass(frozen=True)
+class AnswerScore:
+    """One answer against its reference."""
+
+    key_fact_recall: float
+    token_f1: float
+    exact: bool
+    citation_agreement: float | None
+    cited: bool
+    looping: bool
+
+    def value(self, metric: str) -> float:
+        """The gate's score: one measure, or 'quality', their mean less 1 for a looping answer."""
+        if metric == "quality":
+            return (self.key_fact_recall + self.token_f1) / 2 - float(self.looping)
+        return getattr(self, metric)
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = answer_tokens(prediction), answer_tokens(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
+def score_answer(answer: str, reference: str) -> AnswerScore:
+    return AnswerScore(
+        key_fact_recall=key_fact_recall(answer, reference),
+        token_f1=token_f1(answer, reference),
+        exact=exact_match(answer, reference),
+        citation_agreement=citation_agreement(answer, reference),
+        cited=bool(citation_marks(answer)),
+        looping=is_repetitive(answer),
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def summarize(scores: Sequence[AnswerScore], loss: float, metric: str) -> Scores:
+    """A model's means over the test split."""
+    agreement = [s.citation_agreement for s in scores if s.citation_agreement is not None]
+    return Scores(
+        loss=round(loss, 5), perplexity=round(math.exp(min(loss, 50)), 4),
+        answer_f1=_mean([s.token_f1 for s in scores]) or 0.0,
+        exact_match=_mean([float(s.exact) for s in scores]) or 0.0,
+        key_fact_recall=_mean([s.key_fact_recall for s in scores]),
+        citation_agreement=_mean(agreement),
+        cited=_mean([float(s.cited) for s in scores]),
+        looping=_mean([float(s.looping) for s in scores]),
+        quality=_mean([s.value(metric) for s in scores]),
+    )
+
+
+def rule(ft: FinetuneSettings) -> str:
+    return (f"promoted when there are at least {ft.gate_min_questions} test questions, the "
+            f"{ft.gate_confidence:.0%} paired bootstrap interval ({ft.gate_resamples} resamples) of "
+            f"the adapter's mean gain in {METRIC_NAMES[ft.gate_metric]} lies above zero, and the "
+            "adapter loops on no more answers than the base").replace("%", " %", 1)
+
+
+def decide(base: Sequence[AnswerScore], adapter: Sequence[AnswerScore], ft: FinetuneSettings,
+           *, base_scores: Scores | None = None, adapter_scores: Scores | None = None,
+           ) -> tuple[bool, str, Gate]:
+    """(promoted, the reason in words, the figures) for paired per-question scores."""
+    metric = ft.gate_metric
+    new, old = [s.value(metric) for s in adapter], [s.value(metric) for s in base]
+    verdict = beats(new, old, min_n=ft.gate_min_questions, what=METRIC_NAMES[metric].split(" (")[0],
+                    unit="test questions", resamples=ft.gate_resamples,
+                    confidence=ft.gate_confidence, seed=ft.seed)
+    loops_base, loops_adapter = sum(s.looping for s in base), sum(s.looping for s in adapter)
+    detail = _detail(base_scores, adapter_scores)
+    if verdict.interval is None:
+        promoted, reason = False, f"cannot be judged: {verdict.reason}: not promoted; {FORCE}"
+    elif not verdict.better:
+        promoted, reason = False, (f"does not beat the base beyond noise: {verdict.reason}{detail}: "
+                                   f"not promoted; {FORCE}")
+    elif loops_adapter > loops_base:
+        promoted, reason = False, (f"loops more than the base ({loops_adapter} answers against "
+                                   f"{loops_base}) though {verdict.reason}: not promoted; {FORCE}")
+    else:
+        promoted, reason = True, f"beats the base: {verdict.reason}{detail}: promoted"
+    iv = verdict.interval
+    gate = Gate(
+        metric=metric, questions=verdict.n, min_questions=verdict.min_n,
+        gain=None if iv is None else round(iv.mean, 4),
+        low=None if iv is None else round(iv.low, 4),
+        high=None if iv is None else round(iv.high, 4),
+        confidence=ft.gate_confidence, resamples=ft.gate_resamples, seed=ft.seed,
+        loops_base=loops_base, loops_adapter=loops_adapter,
+    )
+    return promoted, reason, gate
+
+
+def _detail(b: Scores | None, a: Scores | None) -> str:
+    if b is None or a is None:
+        return ""
+    parts = []
+    if b.key_fact_recall is not None and a.key_fact_recall is not None:
+        parts.append(f"key-fact recall {b.key_fact_recall:.2f} → {a.key_fact_recall:.2f}")
+    parts.append(f"F1 {b.answer_f1:.2f} → {a.answer_f1:.2f}")
+    parts.append(f"loss {b.loss:.3f} → {a.loss:.3f}")
+    return " (" + ", ".join(parts) + ")"
+
+
+def report(
+    run: str, base: Any, examples: Sequence[Example], too_long: int, answers: dict[str, list[str]],
+    losses: dict[str, float], ft: FinetuneSettings, seconds: float,
+) -> EvalReport:
+    """The report from both models' answers to the test examples and their reference losses."""
+    scored = {name: [score_answer(text, ex.target) for text, ex in zip(texts, examples, strict=True)]
+              for name, texts in answers.items()}
+    b = summarize(scored["base"], losses["base"], ft.gate_metric)
+    a = summarize(scored["adapter"], losses["adapter"], ft.gate_metric)
+    promoted, reason, gate = decide(scored["base"], scored["adapter"], ft,
+                                    base_scores=b, adapter_scores=a)
+    return EvalReport(
+        run=run,
+        base=base,
+        examples=len(examples),
+        too_long=too_long,
+        metrics=Metrics(base=b, adapter=a),
+        promoted=promoted,
+        reason=reason,
+        rule=rule(ft),
+        seconds=round(seconds, 2),
+        samples=[
+            Sample(question=ex.question, reference=ex.target, base=answers["base"][i],
+                   adapter=answers["adapter"][i])
+            for i, ex in enumerate(examples[:10])
+        ],
+        gate=gate,
+        scores=[QuestionScore(id=ex.id, base=round(sb.value(ft.gate_metric), 4),
+                              adapter=round(sa.value(ft.gate_metric), 4))
+                for ex, sb, sa in zip(examples, scored["base"], scored["adapter"], strict=True)],
+    )
 
 
 def evaluate(
@@ -80,11 +217,11 @@ def evaluate(
 
         bar = tqdm(total=2 * len(examples), desc="eval", unit="ex", file=sys.stderr,
                    disable=not progress, dynamic_ncols=True)
-        results: dict[str, Scores] = {}
         answers: dict[str, list[str]] = {}
+        losses: dict[str, float] = {}
         for name in ("base", "adapter"):
             with torch.no_grad(), _adapter(model, enabled=name == "adapter"):
-                nll, count, f1s, exact, texts = 0.0, 0, [], 0, []
+                nll, count, texts = 0.0, 0, []
                 for ex in examples:
                     ids = torch.tensor([ex.input_ids])
                     labels = torch.tensor([ex.labels])
@@ -92,40 +229,17 @@ def evaluate(
                     n = sum(1 for x in ex.labels[1:] if x != -100)
                     nll += float(out.loss) * n
                     count += n
-                    text = _generate(model, ex, vocab, stop_ids, pad_id, stops, ft, torch)
-                    texts.append(text)
-                    f1s.append(token_f1(text, ex.target))
-                    exact += int(" ".join(answer_tokens(text)) == " ".join(answer_tokens(ex.target)))
+                    texts.append(_generate(model, ex, vocab, stop_ids, pad_id, stops, ft, torch))
                     bar.update(1)
-            loss = nll / max(count, 1)
-            results[name] = Scores(loss=round(loss, 5), perplexity=round(math.exp(min(loss, 50)), 4),
-                                   answer_f1=round(sum(f1s) / len(f1s), 4),
-                                   exact_match=round(exact / len(examples), 4))
+            losses[name] = nll / max(count, 1)
             answers[name] = texts
         bar.close()
 
-    b, a = results["base"], results["adapter"]
-    promoted = a.loss < b.loss and a.answer_f1 >= b.answer_f1
-    reason = f"loss {b.loss:.4f} → {a.loss:.4f}, answer F1 {b.answer_f1:.3f} → {a.answer_f1:.3f}"
-    report = EvalReport(
-        run=run.name,
-        base=base.describe(),
-        examples=len(examples),
-        too_long=too_long,
-        metrics=Metrics(base=b, adapter=a),
-        promoted=promoted,
-        reason=("beats the base: " if promoted else "does not beat the base: ") + reason,
-        rule="promoted when adapter loss < base loss and adapter answer F1 >= base answer F1",
-        seconds=round(time.perf_counter() - started, 2),
-        samples=[
-            Sample(question=ex.question, reference=ex.target, base=answers["base"][i],
-                   adapter=answers["adapter"][i])
-            for i, ex in enumerate(examples[:10])
-        ],
-    )
-    report.write(run.eval_json)
-    run.eval_md.write_text(markdown(report), encoding="utf-8")
-    return report
+    result = report(run.name, base.describe(), examples, too_long, answers, losses, ft,
+                    time.perf_counter() - started)
+    result.write(run.eval_json)
+    run.eval_md.write_text(markdown(result), encoding="utf-8")
+    return result
 
 
 class _adapter:
@@ -162,15 +276,26 @@ def markdown(report: EvalReport) -> str:
         f"# Evaluation of {report.run}",
         "",
         f"Base: `{report.base.name}` · {report.examples} test examples · "
-        f"**{'promoted' if report.promoted else 'not promoted'}** ({report.reason})",
+        f"**{'promoted' if report.promoted else 'not promoted'}**: the adapter {report.reason}",
         "",
-        "| | loss | perplexity | answer F1 | exact match |",
-        "|---|---:|---:|---:|---:|",
+        f"Rule: {report.rule}.",
+        "",
+        "| | loss | perplexity | key-fact recall | answer F1 | exact match | citations agree "
+        "| cites | loops | quality |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name in ("base", "adapter"):
         r: Scores = getattr(report.metrics, name)
-        lines.append(f"| {name} | {r.loss:.4f} | {r.perplexity:.3f} | {r.answer_f1:.3f} "
-                     f"| {r.exact_match:.3f} |")
+        cells = [r.key_fact_recall, r.answer_f1, r.exact_match, r.citation_agreement, r.cited,
+                 r.looping, r.quality]
+        lines.append(f"| {name} | {r.loss:.4f} | {r.perplexity:.3f} | "
+                     + " | ".join("–" if v is None else f"{v:.3f}" for v in cells) + " |")
+    if report.gate is not None and report.gate.gain is not None:
+        g = report.gate
+        lines += ["", f"Gain in {g.metric}: {g.gain:+.3f}, {g.confidence:.0%} interval "
+                  f"[{g.low:.3f}, {g.high:.3f}] on {g.questions} questions ({g.resamples} paired "
+                  f"bootstrap resamples); answers that loop: base {g.loops_base}, adapter "
+                  f"{g.loops_adapter}."]
     lines += ["", "## Samples", ""]
     for s in report.samples:
         lines += [f"- **Q:** {s.question}", f"  - reference: {s.reference}",

@@ -1,9 +1,15 @@
-"""Train a LoRA on the SFT split: unsloth (FastLanguageModel + TRL SFTTrainer), or plain PEFT.
+"""Train a LoRA on the feedback: unsloth (FastLanguageModel + TRL SFTTrainer), or plain PEFT.
+
+What it learns from (``Objective``): the SFT split (corrections and thumbs-up answers as targets),
+or, when there are too few corrections but enough thumbs up and down, TRL's KTOTrainer on the KTO
+rows (good and bad answers, unpaired). The result says which ran and why.
 
 Examples are tokenised here, not by the trainer: the prompt is the base's chat template rendered
 as llama.cpp renders it and tokenised by llama.cpp's own vocabulary, the completion is the reply up
 to its end-of-turn marker, and only the completion is learned. The trainer gets ``input_ids`` and
 ``labels`` and has nothing left to guess.
+
+KTO rows are tokenised here the same way (``KtoExample``) and handed to KTOTrainer as ids.
 
 A run keeps checkpoints and starts again from the last one; the loss curve is written as JSON and
 as a matplotlib plot. The plain PEFT trainer exists for machines where unsloth cannot be installed: it is used only
@@ -17,6 +23,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import sys
 import time
@@ -24,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from core.errors import ConfigError, LocalCatError
 from core.settings import FinetuneSettings
@@ -83,6 +90,83 @@ def tokenize_rows(
     return out, too_long
 
 
+@dataclass
+class KtoExample:
+    id: str
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    label: bool
+
+
+def tokenize_kto_rows(
+    rows: Sequence[dict[str, Any]], vocab: Vocab, max_len: int, stops: Sequence[str] | None = None
+) -> tuple[list[KtoExample], int]:
+    """(examples, how many were too long) for KTO rows, tokenised as ``tokenize_rows`` does."""
+    stops = stop_markers(vocab.template) if stops is None else stops
+    out, too_long = [], 0
+    for row in rows:
+        prompt, completion = vocab.template.split(row["messages"], row["completion"], stops)
+        p_ids, c_ids = vocab.encode(prompt), vocab.encode(completion)
+        if len(p_ids) + len(c_ids) > max_len:
+            too_long += 1
+            continue
+        out.append(KtoExample(row["id"], p_ids, c_ids, bool(row["label"])))
+    return out, too_long
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What the LoRA learns from, and why, in words."""
+
+    kind: Literal["sft", "kto"]
+    reason: str
+
+
+def kto_unavailable(trainer: str) -> str | None:
+    """Why TRL's KTOTrainer cannot run with this trainer here; None when it can."""
+    import importlib.util
+
+    # KTOTrainer computes log-probabilities with TRL's triton kernels, which CPU torch lacks;
+    # unsloth puts its own kernel in their place when it is imported.
+    if trainer != "unsloth" and importlib.util.find_spec("triton") is None:
+        return "TRL's KTOTrainer needs triton, which this torch lacks, or unsloth's kernels"
+    return None
+
+
+def choose_objective(ft: FinetuneSettings, sft_train: Sequence[dict[str, Any]],
+                     kto_train: Sequence[dict[str, Any]], *,
+                     unavailable: str | None = None) -> Objective:
+    """SFT or KTO for a run's training rows (see FinetuneSettings.objective); ``unavailable``
+    says why KTO cannot run here (``kto_unavailable``)."""
+    corrections = sum(r.get("source") == "correction" for r in sft_train)
+    good = sum(bool(r["label"]) for r in kto_train)
+    bad = len(kto_train) - good
+    rated = f"{good} good and {bad} bad rated answers"
+    if ft.objective == "sft":
+        return Objective("sft", f"asked for; {len(sft_train)} training examples")
+    if ft.objective == "kto":
+        if not good or not bad:
+            raise ConfigError(
+                f"KTO needs answers rated good and bad in the training split; it has {rated}",
+                "collect thumbs up and down, or train with `--objective sft`",
+            )
+        if unavailable:
+            raise ConfigError(f"Cannot train with KTO: {unavailable}",
+                              "train with `--trainer unsloth`, or with `--objective sft`")
+        return Objective("kto", f"asked for; {rated}")
+    if corrections >= ft.kto_below_corrections:
+        return Objective("sft", f"{corrections} corrections in the training split "
+                                f"(KTO only below {ft.kto_below_corrections})")
+    if len(kto_train) < ft.kto_min_rows or not good or not bad:
+        return Objective("sft", f"only {corrections} corrections, but too few thumbs for KTO: "
+                                f"{rated} ({ft.kto_min_rows} with both kinds needed)")
+    why = (f"only {corrections} corrections in the training split (fewer than "
+           f"{ft.kto_below_corrections}), but {rated}")
+    if unavailable:
+        return Objective("sft", f"{why}; not KTO: {unavailable}")
+    return Objective("kto", why)
+
+
 def _versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -121,8 +205,11 @@ def require_error(what: str) -> LocalCatError:
 
 
 def _fingerprint(base: BaseRef, dataset_sha: str, ft: FinetuneSettings, trainer: str) -> str:
+    """``trainer`` is the trainer's kind, with "+kto" for KTO (SFT runs keep their old prints)."""
     keys = ("lora_r", "lora_alpha", "lora_dropout", "target_modules", "learning_rate", "epochs",
             "max_steps", "batch_size", "grad_accum", "max_seq_length", "seed")
+    if trainer.endswith("+kto"):
+        keys += ("kto_beta",)
     blob = json.dumps([base.sha256, dataset_sha, trainer, {k: getattr(ft, k) for k in keys}],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -137,7 +224,13 @@ def train(
     run = RunLayout(run_dir)
     dataset = run.read_dataset()
     trainer_kind = ft.trainer
-    fingerprint = _fingerprint(base, dataset.sha256, ft, trainer_kind)
+    sft_train, sft_val = read_jsonl(run.split("train")), read_jsonl(run.split("val"))
+    kto_rows = read_jsonl(run.kto)
+    kto_train = [r for r in kto_rows if r["split"] == "train"]
+    objective = choose_objective(ft, sft_train, kto_train,
+                                 unavailable=kto_unavailable(trainer_kind))
+    kto = objective.kind == "kto"
+    fingerprint = _fingerprint(base, dataset.sha256, ft, trainer_kind + ("+kto" if kto else ""))
     run.train.mkdir(parents=True, exist_ok=True)
     checkpoint = _last_checkpoint(run.checkpoints) if resume else None
     if checkpoint and run.fingerprint.is_file() and (
@@ -164,10 +257,13 @@ def train(
         say(f"Preparing {base.name} for training…")
         hf_dir = hf_weights(base, cache_dir, vocab)
         stops = stop_markers(vocab.template)
-        train_ex, long_train = tokenize_rows(read_jsonl(run.split("train")), vocab,
-                                             ft.max_seq_length, stops)
-        val_ex, long_val = tokenize_rows(read_jsonl(run.split("val")), vocab,
-                                         ft.max_seq_length, stops)
+        if kto:
+            train_ex, long_train = tokenize_kto_rows(kto_train, vocab, ft.max_seq_length, stops)
+            val_ex, long_val = tokenize_kto_rows([r for r in kto_rows if r["split"] == "val"],
+                                                 vocab, ft.max_seq_length, stops)
+        else:
+            train_ex, long_train = tokenize_rows(sft_train, vocab, ft.max_seq_length, stops)
+            val_ex, long_val = tokenize_rows(sft_val, vocab, ft.max_seq_length, stops)
         template = vocab.template
         pad_id = vocab.pad_id if vocab.pad_id is not None else (vocab.eos_id or 0)
     if not train_ex:
@@ -176,18 +272,23 @@ def train(
             "raise LOCALCAT_FINETUNE__MAX_SEQ_LENGTH or lower the retrieval k / chunk size",
         )
 
-    steps_per_epoch = math.ceil(len(train_ex) / (ft.batch_size * ft.grad_accum))
+    steps_per_epoch = math.ceil(len(train_ex) / (_batch_size(ft, kto) * ft.grad_accum))
     total = ft.max_steps or max(1, math.ceil(steps_per_epoch * ft.epochs))
     require("transformers", "transformers").set_seed(ft.seed)  # LoRA init and data order
     model, tokenizer = _load(trainer_kind, hf_dir, ft, torch)
-    trainer = _trainer(trainer_kind, model, tokenizer, train_ex, val_ex, run.checkpoints, ft,
-                       total, pad_id, torch)
+    if kto:
+        trainer = _kto_trainer(model, tokenizer, train_ex, val_ex, run.checkpoints, ft, total,
+                               pad_id, torch)
+    else:
+        trainer = _trainer(trainer_kind, model, tokenizer, train_ex, val_ex, run.checkpoints, ft,
+                           total, pad_id, torch)
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
     trainer.add_callback(_progress_callback(total, enabled=progress))
-    say(f"Training a LoRA with {trainer_kind} on {len(train_ex)} examples "
+    say(f"Training a LoRA with {trainer_kind}, {objective.kind.upper()} ({objective.reason}), on "
+        f"{len(train_ex)} examples "
         f"({total} steps{f', resuming from {checkpoint.name}' if checkpoint else ''})…")
     start_step = _checkpoint_step(checkpoint)
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -204,17 +305,23 @@ def train(
     cpu_seconds = time.process_time() - cpu_started
     steps_done = trainer.state.global_step - start_step
 
-    model.save_pretrained(str(run.adapter))
+    # KTOTrainer adds a frozen "ref" copy of the adapter as its reference model: not ours to keep.
+    model.save_pretrained(str(run.adapter), selected_adapters=["default"])
     history = loss_history(trainer.state.log_history)
     history.write(run.loss_json)
-    plot_loss(history, run.loss_png, title=f"{run.name} · {trainer_kind} · {base.name}")
+    plot_loss(history, run.loss_png,
+              title=f"{run.name} · {trainer_kind} · {objective.kind.upper()} · {base.name}")
+    good = sum(e.label for e in train_ex) if kto else None
     result = TrainResult(
         run=run.name,
         trainer=trainer_kind,
         fallback=trainer_kind != "unsloth",
+        objective=objective.kind,
+        objective_reason=objective.reason,
         base=base.describe(),
         examples=ExampleCounts(train=len(train_ex), val=len(val_ex),
-                               too_long=long_train + long_val),
+                               too_long=long_train + long_val, good=good,
+                               bad=None if good is None else len(train_ex) - good),
         steps=trainer.state.global_step,
         steps_this_session=steps_done,
         resumed_from=checkpoint.name if checkpoint else None,
@@ -230,6 +337,7 @@ def train(
         base=base.describe(),
         chat_template=TemplateInfo.of(template, stops),
         trainer=trainer_kind,
+        objective=objective.kind,
         lora=LoraInfo(r=ft.lora_r, alpha=ft.lora_alpha, dropout=ft.lora_dropout,
                       target_modules=list(ft.target_modules)),
         dataset=DatasetRef(run=run.name, sha256=dataset.sha256, sft=dataset.sft),
@@ -298,6 +406,31 @@ def _load(kind: str, hf_dir: Path, ft: FinetuneSettings, torch: Any) -> tuple[An
     return peft.get_peft_model(model, config), tokenizer
 
 
+def _common_args(checkpoints: Path, ft: FinetuneSettings, total: int, torch: Any, *,
+                 has_val: bool) -> dict[str, Any]:
+    """The training arguments SFT and KTO share (batch sizes aside)."""
+    return dict(
+        output_dir=str(checkpoints),
+        max_steps=total,
+        gradient_accumulation_steps=ft.grad_accum,
+        learning_rate=ft.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=min(10, total // 10),
+        logging_steps=max(1, total // 25),
+        save_strategy="steps",
+        save_steps=ft.save_steps,
+        save_total_limit=2,
+        eval_strategy="steps" if has_val else "no",
+        eval_steps=max(1, total // 5),
+        report_to=[],
+        seed=ft.seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        remove_unused_columns=False,
+    )
+
+
 def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
              val_ex: list[Example], checkpoints: Path, ft: FinetuneSettings, total: int,
              pad_id: int, torch: Any) -> Any:
@@ -309,26 +442,9 @@ def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
         )
 
     common = dict(
-        output_dir=str(checkpoints),
-        max_steps=total,
+        **_common_args(checkpoints, ft, total, torch, has_val=bool(val_ex)),
         per_device_train_batch_size=ft.batch_size,
         per_device_eval_batch_size=ft.batch_size,
-        gradient_accumulation_steps=ft.grad_accum,
-        learning_rate=ft.learning_rate,
-        lr_scheduler_type="linear",
-        warmup_steps=min(10, total // 10),
-        logging_steps=max(1, total // 25),
-        save_strategy="steps",
-        save_steps=ft.save_steps,
-        save_total_limit=2,
-        eval_strategy="steps" if val_ex else "no",
-        eval_steps=max(1, total // 5),
-        report_to=[],
-        seed=ft.seed,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        remove_unused_columns=False,
     )
     if kind == "unsloth":
         from trl import SFTConfig, SFTTrainer
@@ -344,6 +460,71 @@ def _trainer(kind: str, model: Any, tokenizer: Any, train_ex: list[Example],
     return Trainer(model=model, args=TrainingArguments(**common),
                    train_dataset=table(train_ex), eval_dataset=table(val_ex) if val_ex else None,
                    data_collator=collator(tokenizer, pad_id))
+
+
+def _batch_size(ft: FinetuneSettings, kto: bool) -> int:
+    # KTO estimates its KL term from the other completions of a batch: one alone has none.
+    return max(2, ft.batch_size) if kto else ft.batch_size
+
+
+def kto_weights(good: int, bad: int) -> tuple[float, float]:
+    """(desirable, undesirable) weights that balance unequal counts, as the KTO paper advises
+    (eq. 8: weight_good * good / (weight_bad * bad) in [1, 4/3])."""
+    if good > bad:
+        return bad / good, 1.0
+    return 1.0, good / bad if bad else 1.0
+
+
+def _kto_trainer(model: Any, tokenizer: Any, train_ex: list[KtoExample],
+                 val_ex: list[KtoExample], checkpoints: Path, ft: FinetuneSettings, total: int,
+                 pad_id: int, torch: Any) -> Any:
+    """TRL's KTOTrainer on rows tokenised here; the reference is the base (the adapter off)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # TRL's telemetry ping honours it
+    datasets = require("datasets", "datasets")
+    from trl import KTOConfig, KTOTrainer
+
+    class PretokenizedKTOTrainer(KTOTrainer):
+        """KTOTrainer whose data set is already ids.
+
+        TRL's own preparation tokenises text with the Hugging Face tokenizer and chat template;
+        LocalCat's ids are llama.cpp's (see the module docstring). Of that preparation only the
+        KL completions remain: each batch's completions rotated by one, as TRL builds them.
+        """
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if not self.calculate_KL:
+                return dataset
+
+            def rotate(batch: dict[str, list]) -> dict[str, list]:
+                ids = batch["completion_ids"]
+                batch["KL_completion_ids"] = [ids[-1], *ids[:-1]]
+                return batch
+
+            return dataset.map(rotate, batched=True, batch_size=args.per_device_train_batch_size)
+
+    def table(examples: list[KtoExample]) -> Any:
+        return datasets.Dataset.from_list(
+            [{"prompt_ids": e.prompt_ids, "completion_ids": e.completion_ids, "label": e.label}
+             for e in examples])
+
+    # KTOTrainer reads its rows in order (its KL term pairs each with a neighbour), and the rows
+    # come in feedback order: a correction's good and bad rows side by side, batches of one kind.
+    train_ex = list(train_ex)
+    random.Random(ft.seed).shuffle(train_ex)
+    good = sum(e.label for e in train_ex)
+    desirable, undesirable = kto_weights(good, len(train_ex) - good)
+    batch = _batch_size(ft, kto=True)
+    # Evaluating needs a pair at least; fewer validation rows are left out.
+    val = table(val_ex) if len(val_ex) >= 2 else None
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+    args = KTOConfig(
+        **_common_args(checkpoints, ft, total, torch, has_val=val is not None),
+        per_device_train_batch_size=batch, per_device_eval_batch_size=batch,
+        beta=ft.kto_beta, desirable_weight=desirable, undesirable_weight=undesirable,
+        max_length=ft.max_seq_length, dataset_num_proc=None,
+    )
+    return PretokenizedKTOTrainer(model=model, args=args, processing_class=tokenizer,
+                                  train_dataset=table(train_ex), eval_dataset=val)
 
 
 def collator(tokenizer: Any, pad_id: int) -> Any:

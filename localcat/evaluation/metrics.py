@@ -1,15 +1,36 @@
 """Metrics: ranking quality (BEIR/pytrec_eval definitions) and answer quality (word overlap).
 
-Answer metrics work on *content words*: lowercase word tokens (``\\w+``, so ``os.path`` is two)
-minus a small English stop list, with ``[n]`` citation marks removed first.
+The answer measures live in ``core.answer_metrics``, so that `localcat eval` and the fine-tune
+gate judge answers by one definition; they are re-exported here for the eval command.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+
+from core.answer_metrics import (
+    KEY_FACT_WORDS,
+    REFUSAL_WINDOW,
+    REPEAT_N,
+    REPEAT_TIMES,
+    STOP_WORDS,
+    citation_marks,
+    content_words,
+    is_refusal,
+    is_repetitive,
+    key_fact_recall,
+    support,
+    token_f1,
+    words,
+)
+
+__all__ = [
+    "KEY_FACT_WORDS", "KS", "REFUSAL_WINDOW", "REPEAT_N", "REPEAT_TIMES", "STOP_WORDS",
+    "citation_marks", "content_words", "doc_ranking", "hit_at_k", "is_refusal", "is_repetitive",
+    "key_fact_recall", "mean", "mrr_at_k", "ndcg_at_k", "percentile", "recall_at_k", "score_run",
+    "support", "token_f1", "words",
+]
 
 KS = (1, 3, 5, 10)
 
@@ -55,89 +76,7 @@ def doc_ranking(chunk_ids: Iterable[str], chunk_doc: Mapping[str, str]) -> list[
     return list(dict.fromkeys(chunk_doc[c] for c in chunk_ids if c in chunk_doc))
 
 
-# --- answers ------------------------------------------------------------------------------------
-
-_STOP = """
-a about above after again all also am an and any are as at be because been before being below
-between both but by can could did do does doing down during each few for from further had has
-have having he her here hers him his how i if in into is it its itself just me more most my no
-nor not now of off on once only or other our ours out over own same she should so some such than
-that the their theirs them then there these they this those through to too under until up very
-was we were what when where which while who whom why will with would you your yours
-s t d ll m re ve don doesn didn isn aren wasn weren won wouldn shouldn couldn can cannot
-"""
-STOP_WORDS = frozenset(_STOP.split())
-KEY_FACT_WORDS = 60
-# An answer loops when one word 4-gram occurs 3 or more times: small models that lose the thread
-# repeat a phrase until max_tokens, and normal prose almost never says the same 4 words thrice.
-REPEAT_N, REPEAT_TIMES = 4, 3
-_MARK = re.compile(r"\[\d+\]")
-_WORD = re.compile(r"\w+")
-# "Not found" as the pipeline says it (core.prompt.NOT_FOUND) or as a model words it; looked for
-# near the start only, so an answer that merely mentions something missing later is no refusal.
-_REFUSAL = re.compile(
-    r"\b(?:i |we )?(?:could ?n[o’']t|can ?n[o’']t|can[’']t|cannot|unable to|did ?n[o’']t|was ?n[o’']t able to) "
-    r"(?:find|locate|see|determine)\b"
-    r"|\b(?:documents?|sources?|context|material|reference|text|information)(?: provided| given)? "
-    r"(?:do|does|did) ?n[o’']t (?:contain|mention|say|include|provide|answer|specify)\b"
-    r"|\bno (?:information|mention|answer|details?)\b"
-    r"|\bnot (?:mentioned|found|provided|specified|stated) in\b"
-    r"|\bi (?:do ?n[o’']t|don[’']t) know\b",
-    re.IGNORECASE,
-)
-REFUSAL_WINDOW = 200
-
-
-def words(text: str) -> list[str]:
-    return _WORD.findall(_MARK.sub(" ", text).lower())
-
-
-def content_words(text: str) -> list[str]:
-    return [w for w in words(text) if w not in STOP_WORDS]
-
-
-def key_fact_recall(answer: str, reference: str, n: int = KEY_FACT_WORDS) -> float:
-    """Share of the reference's first ``n`` distinct content words that the answer contains."""
-    facts = list(dict.fromkeys(content_words(reference)))[:n]
-    if not facts:
-        return 0.0
-    said = set(content_words(answer))
-    return sum(w in said for w in facts) / len(facts)
-
-
-def token_f1(answer: str, reference: str) -> float:
-    """SQuAD-style F1 of the content-word multisets of answer and reference."""
-    a, r = Counter(content_words(answer)), Counter(content_words(reference))
-    overlap = sum((a & r).values())
-    if not overlap:
-        return 0.0
-    precision, recall = overlap / sum(a.values()), overlap / sum(r.values())
-    return 2 * precision * recall / (precision + recall)
-
-
-def support(answer: str, evidence: Iterable[str]) -> float | None:
-    """Share of the answer's distinct content words found in the evidence (None: no content words)."""
-    said = set(content_words(answer))
-    if not said:
-        return None
-    seen: set[str] = set()
-    for text in evidence:
-        seen.update(content_words(text))
-    return len(said & seen) / len(said)
-
-
-def is_repetitive(text: str, n: int = REPEAT_N, times: int = REPEAT_TIMES) -> bool:
-    w = words(text)
-    grams = Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
-    return bool(grams) and max(grams.values()) >= times
-
-
-def is_refusal(text: str, not_found: str | None = None) -> bool:
-    """The answer says the documents do not answer: the pipeline's own ``not_found`` text, or a
-    refusal phrase in its first REFUSAL_WINDOW characters."""
-    text = text.strip()
-    return (not_found is not None and text == not_found) or bool(
-        _REFUSAL.search(text[:REFUSAL_WINDOW]))
+# --- summaries ----------------------------------------------------------------------------------
 
 
 def percentile(values: Iterable[float], q: float) -> float | None:

@@ -117,8 +117,9 @@ class Loop:
 @pytest.fixture(scope="module")
 def loop(tiny_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Loop:
     data = tmp_path_factory.mktemp("finetune") / "data"
-    fill(data, tiny_gguf)
-    env = environment(data)
+    fill(data, tiny_gguf, n=80)
+    # A larger test share than the default, so the gate has its 20 questions to judge on.
+    env = {**environment(data), "LOCALCAT_FINETUNE__TEST_FRACTION": "0.3"}
     started = time.perf_counter()
     done = cli("run", "--run", "r1", "--base", str(tiny_gguf), "--min-examples", "10",
                "--steps", "60", "--lr", "1e-2", "--no-ollama", "--json", "--quiet", env=env)
@@ -135,6 +136,16 @@ def test_the_registered_model_answers_as_trained(
     assert r["dataset"]["sft"]["test"] > 0 and r["dataset"]["context"].get("mixed", 0) > 0
     assert r["eval"]["promoted"], r["eval"]["reason"]
     assert r["eval"]["metrics"]["adapter"]["answer_f1"] == 1.0
+    # Judged on the answers, beyond noise: every test answer gained, and there are enough of them.
+    gate, n = r["eval"]["gate"], r["eval"]["examples"]
+    assert n >= 20 and gate["questions"] == n and gate["low"] > 0
+    assert r["eval"]["reason"].startswith(f"beats the base: +{gate['gain']:.3f} quality, 95 % "
+                                          f"interval [{gate['low']:.3f}, ")
+    assert f"on {n} test questions" in r["eval"]["reason"]
+    assert r["eval"]["reason"].endswith(": promoted")
+    base, adapter = r["eval"]["metrics"]["base"], r["eval"]["metrics"]["adapter"]
+    assert adapter["key_fact_recall"] == 1.0 and adapter["looping"] == 0.0
+    assert adapter["quality"] > base["quality"] and adapter["citation_agreement"] == 1.0
     assert r["version"]["name"] == "v1" and r["version"]["active"]
 
     # What the assistant serves now: the base plus the registered adapter.

@@ -9,21 +9,21 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from core.answer_metrics import (
+    content_words,
+    is_refusal,
+    is_repetitive,
+    key_fact_recall,
+    support,
+    token_f1,
+)
 from core.errors import ConfigError
 from core.prompt import NOT_FOUND
 from core.schemas import Answer, Citation
 from localcat.evaluation import eval_command, load_answers
 from localcat.evaluation.answering import ask_timed, resolve_model, score_answer, summarize
 from localcat.evaluation.datasets import AnswerItem
-from localcat.evaluation.metrics import (
-    content_words,
-    is_refusal,
-    is_repetitive,
-    key_fact_recall,
-    percentile,
-    support,
-    token_f1,
-)
+from localcat.evaluation.metrics import percentile
 
 REPO = Path(__file__).resolve().parents[2]
 

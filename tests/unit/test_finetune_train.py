@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from core.errors import ConfigError
 from core.gguf import file_sha256
 from core.settings import FinetuneSettings
 from finetune.artifacts import (
@@ -19,7 +20,10 @@ from finetune.artifacts import (
 from finetune.base import BaseRef
 from finetune.train import (
     _fingerprint,
+    choose_objective,
     collator,
+    kto_unavailable,
+    kto_weights,
     loss_figure,
     loss_history,
     plot_loss,
@@ -129,3 +133,74 @@ def test_training_a_finished_run_again_returns_its_result(tmp_path: Path) -> Non
     assert result.resumed_from == "checkpoint-60" and result.steps_this_session == 0
     assert result.steps == 60 and result.train_loss == 0.25 and result.steps_per_second is None
     assert result.model_dump(mode="json")["base"]["sha256"] == ref.sha256
+
+
+def sft_rows(corrections: int, thumbs_up: int) -> list[dict]:
+    return ([{"source": "correction"}] * corrections + [{"source": "thumbs_up"}] * thumbs_up)
+
+
+def kto_rows(good: int, bad: int) -> list[dict]:
+    return [{"label": True}] * good + [{"label": False}] * bad
+
+
+def test_auto_trains_kto_on_thumbs_when_corrections_are_too_few() -> None:
+    ft = FinetuneSettings()  # KTO below 10 corrections, with 20 rows of both kinds
+    kto = choose_objective(ft, sft_rows(3, 20), kto_rows(20, 12))
+    assert kto.kind == "kto"
+    assert kto.reason == ("only 3 corrections in the training split (fewer than 10), but 20 good "
+                          "and 12 bad rated answers")
+    sft = choose_objective(ft, sft_rows(10, 0), kto_rows(10, 30))
+    assert sft.kind == "sft" and sft.reason.startswith("10 corrections in the training split")
+    # Too few thumbs, or only one kind of them: SFT, saying why.
+    few = choose_objective(ft, sft_rows(0, 10), kto_rows(10, 5))
+    assert few.kind == "sft" and "too few thumbs for KTO: 10 good and 5 bad" in few.reason
+    assert choose_objective(ft, sft_rows(0, 40), kto_rows(40, 0)).kind == "sft"
+
+
+def test_the_objective_can_be_asked_for() -> None:
+    assert choose_objective(FinetuneSettings(objective="sft"), sft_rows(0, 25),
+                            kto_rows(25, 25)).reason == "asked for; 25 training examples"
+    kto = choose_objective(FinetuneSettings(objective="kto"), sft_rows(30, 0), kto_rows(2, 1))
+    assert kto.kind == "kto" and kto.reason == "asked for; 2 good and 1 bad rated answers"
+    with pytest.raises(ConfigError, match="KTO needs answers rated good and bad"):
+        choose_objective(FinetuneSettings(objective="kto"), sft_rows(0, 5), kto_rows(5, 0))
+
+
+def test_where_kto_cannot_run_auto_trains_sft_and_says_why(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = "TRL's KTOTrainer needs triton, which this torch lacks, or unsloth's kernels"
+    sft = choose_objective(FinetuneSettings(), sft_rows(3, 20), kto_rows(20, 12), unavailable=why)
+    assert sft.kind == "sft" and sft.reason.endswith(f"bad rated answers; not KTO: {why}")
+    with pytest.raises(ConfigError, match="Cannot train with KTO: TRL's KTOTrainer needs triton"):
+        choose_objective(FinetuneSettings(objective="kto"), sft_rows(0, 5), kto_rows(5, 5),
+                         unavailable=why)
+    # Without triton (CPU torch) only unsloth, which brings its own kernel, can run KTO.
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "triton" else find_spec(name, *a))
+    assert kto_unavailable("peft") == why and kto_unavailable("unsloth") is None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object())
+    assert kto_unavailable("peft") is None
+
+
+def test_kto_weights_balance_unequal_counts_as_the_paper_advises() -> None:
+    for good, bad in ((30, 10), (10, 30), (12, 12), (5, 0)):
+        w_good, w_bad = kto_weights(good, bad)
+        assert max(w_good, w_bad) == 1.0
+        if good and bad:
+            assert 1 <= w_good * good / (w_bad * bad) <= 4 / 3
+
+
+def test_kto_runs_have_their_own_fingerprint_and_sft_runs_keep_theirs(tmp_path: Path) -> None:
+    base = base_file(tmp_path / "base.gguf")
+    ref = BaseRef("gguf", base, file_sha256(base))
+    ft = FinetuneSettings()
+    sft = _fingerprint(ref, "d" * 64, ft, "unsloth")
+    assert sft == _fingerprint(ref, "d" * 64, ft.model_copy(update={"kto_beta": 0.5}), "unsloth")
+    kto = _fingerprint(ref, "d" * 64, ft, "unsloth+kto")
+    assert kto != sft
+    assert kto != _fingerprint(ref, "d" * 64, ft.model_copy(update={"kto_beta": 0.5}),
+                               "unsloth+kto")
