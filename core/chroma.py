@@ -7,6 +7,8 @@ or ``HttpClient`` when ``chroma.url`` is set: same code, a settings switch.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import re
 from collections.abc import Callable, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -49,16 +51,32 @@ def chroma_client(settings: ChromaSettings, persist_dir: Path):
 
 # Chroma rejects adds above its max batch size (~5k); stay well below.
 _BATCH = 1000
+# A learned retrieval version's vectors live beside the collection's own, as <collection>--r<N>.
+VERSION_SUFFIX = re.compile(r"--r(\d+)$")
+
+
+def version_vectors(collection: str, version: int) -> str:
+    """The Chroma collection of retrieval version ``version`` (0: the collection's own name)."""
+    if version == 0:
+        return collection
+    suffix = f"--r{version}"
+    # 63: the longest collection name we allow (and older Chroma servers); cut, it stays unique.
+    if len(collection) + len(suffix) > 63:
+        digest = hashlib.sha1(collection.encode()).hexdigest()[:8]
+        collection = f"{collection[: 62 - len(suffix) - len(digest)]}-{digest}"
+    return collection + suffix
 
 
 class VectorStore:
     """Vectors per collection, keyed by chunk id, with the chunk's source in their metadata.
 
-    The only user of Chroma's API: upsert, delete by source, search, drop.
+    The only user of Chroma's API: upsert, delete by source, search, drop. ``route`` names the
+    Chroma collection that holds a collection's vectors now (its active retrieval version).
     """
 
-    def __init__(self, connect: Callable[[], Any]):
+    def __init__(self, connect: Callable[[], Any], route: Callable[[str], str] | None = None):
         self._connect = connect
+        self._route = route or (lambda name: name)
 
     @cached_property
     def client(self):
@@ -66,7 +84,18 @@ class VectorStore:
         (opening the embedded store costs ~1.5 s)."""
         return self._connect()
 
+    def pinned(self, collection: str, vectors: str) -> VectorStore:
+        """This store with ``collection`` read from and written to the Chroma collection ``vectors``.
+
+        A retriever keeps the vectors its embedder made even if the collection switches
+        version meanwhile; learning writes a version that is not served yet.
+        """
+        route = self._route
+        return VectorStore(lambda: self.client,
+                           lambda name: vectors if name == collection else route(name))
+
     def _collection(self, name: str, *, create: bool = False):
+        name = self._route(name)
         if create:
             return self.client.get_or_create_collection(
                 name, metadata={"hnsw:space": "cosine"}, embedding_function=None
@@ -107,6 +136,24 @@ class VectorStore:
         got = self._collection(collection).get(ids=list(ids), include=["embeddings"])
         return {i: list(v) for i, v in zip(got["ids"], got["embeddings"], strict=True)}
 
+    def ids(self, collection: str) -> set[str]:
+        """Every chunk id that has a vector (none when the collection does not exist yet)."""
+        from chromadb.errors import NotFoundError
+
+        try:
+            coll = self._collection(collection)
+        except NotFoundError:
+            return set()
+        out: set[str] = set()
+        while page := coll.get(include=[], limit=10 * _BATCH, offset=len(out))["ids"]:
+            out.update(page)
+        return out
+
+    def delete_ids(self, collection: str, ids: Sequence[str]) -> None:
+        ids = list(ids)
+        for i in range(0, len(ids), _BATCH):
+            self._collection(collection, create=True).delete(ids=ids[i : i + _BATCH])
+
     def rekey(self, collection: str, moves: Sequence[tuple[str, str]], chunks: dict[str, Chunk]) -> None:
         """Move vectors from old ids to new ones (``chunks`` by new id gives their metadata).
 
@@ -121,11 +168,19 @@ class VectorStore:
             self._collection(collection).delete(ids=[o for o, _ in part])
 
     def drop(self, collection: str) -> None:
-        """Delete a collection; already gone (deleted by hand, a crash mid-drop) is fine."""
+        """Delete a collection's vectors, its retrieval versions' too; already gone is fine."""
+        names = [c.name for c in self.client.list_collections()]
+        versions = [n for n in names if (m := VERSION_SUFFIX.search(n))
+                    and n == version_vectors(collection, int(m[1]))]
+        for name in (collection, *versions):
+            self.drop_vectors(name)
+
+    def drop_vectors(self, name: str) -> None:
+        """Delete one Chroma collection by its own name (deleted by hand, a crash mid-drop: fine)."""
         from chromadb.errors import NotFoundError
 
         with contextlib.suppress(NotFoundError):
-            self.client.delete_collection(collection)
+            self.client.delete_collection(name)
 
     def heartbeat(self) -> None:
         self.client.heartbeat()

@@ -7,12 +7,15 @@ slower and the store ~5× bigger at 100k chunks (shared/RUNTIME.md); BM25 is our
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
-from core.errors import BadRequest, CollectionNotFound, ConfigError
+from core.chroma import VERSION_SUFFIX, version_vectors
+from core.errors import BadRequest, CollectionNotFound, ConfigError, LocalCatError
 from core.schemas import Chunk, chunk_id
 from core.sqlite import Database, migrations
 
@@ -20,12 +23,52 @@ _COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")
 
 
 def check_collection_name(name: str) -> str:
-    if not _COLLECTION_NAME.match(name) or ".." in name:
+    if not _COLLECTION_NAME.match(name) or ".." in name or VERSION_SUFFIX.search(name):
         raise BadRequest(
             f"Invalid collection name {name!r}",
-            "use 3–63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit",
+            "use 3–63 letters, digits, '.', '_' or '-', starting and ending with a letter or digit "
+            "(not ending in --r<N>: that names a collection's learned retrieval versions)",
         )
     return name
+
+
+class EmbedderChanged(LocalCatError):
+    """The collection switched to another retrieval version while a batch was being embedded."""
+
+
+VersionStatus = str  # building | ready | rejected | failed | dropped
+
+
+@dataclass(frozen=True)
+class RetrievalVersion:
+    """One embedder of a collection and the Chroma collection holding its vectors.
+
+    r0 is the collection as ingested; r1, r2… are embedders learned from feedback. Statuses:
+    building (being trained or embedded), ready (complete; served or can be), rejected (the gate
+    said no; its vectors are dropped, its model kept), failed (a run stopped before the end),
+    dropped (vectors and model deleted).
+    """
+
+    collection: str
+    version: int
+    embedder: str
+    vectors: str
+    status: VersionStatus
+    created_at: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    active: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"r{self.version}"
+
+
+def parse_version(name: str | int) -> int:
+    """'r3', '3' or 3 → 3."""
+    text = str(name).strip().lower().removeprefix("r")
+    if not text.isdigit():
+        raise BadRequest(f"Invalid retrieval version {name!r}", "name one like r2 (see `localcat retrieval list`)")
+    return int(text)
 
 
 _SCHEMA_V1 = """
@@ -106,6 +149,25 @@ def m002_content_ids(db: sqlite3.Connection) -> None:
     db.execute("UPDATE collections SET bm25_dirty=1")  # the BM25 index lists chunks by id
 
 
+@_migration
+def m003_retrieval_versions(db: sqlite3.Connection) -> None:
+    """Learned retrieval versions: which embedder and Chroma collection serve each collection."""
+    # NULL vectors: the collection's own name (r0, as ingested). `embedder` stays the served one.
+    # Checked and IF NOT EXISTS, like m001: a file rewound to an older user_version adopts them.
+    columns = {r["name"] for r in db.execute("PRAGMA table_info(collections)")}
+    if "vectors" not in columns:
+        db.execute("ALTER TABLE collections ADD COLUMN vectors TEXT")
+    if "version" not in columns:
+        db.execute("ALTER TABLE collections ADD COLUMN version INTEGER NOT NULL DEFAULT 0")
+    db.execute("""CREATE TABLE IF NOT EXISTS retrieval_versions (
+        collection TEXT NOT NULL, version INTEGER NOT NULL, embedder TEXT NOT NULL,
+        vectors TEXT NOT NULL, status TEXT NOT NULL, metrics TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL DEFAULT (datetime('now')), PRIMARY KEY (collection, version))""")
+    db.execute("""CREATE TABLE IF NOT EXISTS retrieval_switches (
+        id INTEGER PRIMARY KEY, collection TEXT NOT NULL, from_version INTEGER NOT NULL,
+        to_version INTEGER NOT NULL, at TEXT NOT NULL DEFAULT (datetime('now')))""")
+
+
 class ChunkStore(Database):
     """SQLite manifest of ingested files and the text of every chunk."""
 
@@ -161,7 +223,8 @@ class ChunkStore(Database):
 
     def drop_collection(self, name: str) -> None:
         with self.transaction() as db:
-            for table in ("chunks", "files", "chunk_aliases"):
+            for table in ("chunks", "files", "chunk_aliases", "retrieval_versions",
+                          "retrieval_switches"):
                 db.execute(f"DELETE FROM {table} WHERE collection=?", (name,))
             db.execute("DELETE FROM collections WHERE name=?", (name,))
 
@@ -180,9 +243,18 @@ class ChunkStore(Database):
         ).fetchall()
         return [FileRecord(**dict(r)) for r in rows]
 
-    def mark_pending(self, collection: str, path: str, file_hash: str, config: str) -> None:
-        """Record intent before touching Chroma, so a crash leaves a trail the next run repairs."""
+    def mark_pending(self, collection: str, path: str, file_hash: str, config: str,
+                     embedder: str | None = None) -> None:
+        """Record intent before touching Chroma, so a crash leaves a trail the next run repairs.
+
+        ``embedder``: the one that made the vectors about to be written. Checked under the write
+        lock, so they never land in a retrieval version another embedder serves; and while the
+        file is pending the collection does not switch versions (``switch_version``).
+        """
         with self.transaction() as db:
+            if embedder is not None and self.embedder_of(collection) not in (None, embedder):
+                raise EmbedderChanged(f"Collection {collection!r} switched embedder mid-write",
+                                      "embed the batch again with the collection's embedder")
             db.execute(
                 """INSERT INTO files (collection, path, file_hash, config, state) VALUES (?,?,?,?,'pending')
                    ON CONFLICT (collection, path) DO UPDATE SET state='pending',
@@ -272,6 +344,108 @@ class ChunkStore(Database):
     def set_bm25_clean(self, collection: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE collections SET bm25_dirty=0 WHERE name=?", (collection,))
+
+
+    # retrieval versions
+    def vectors_name(self, collection: str) -> str:
+        """The Chroma collection serving ``collection`` now (its own name until a version is)."""
+        row = self.db.execute("SELECT vectors FROM collections WHERE name=?", (collection,)).fetchone()
+        return (row["vectors"] if row else None) or collection
+
+    def serving(self, collection: str) -> RetrievalVersion:
+        """The active retrieval version: its embedder and vectors, read together."""
+        row = self.db.execute("SELECT * FROM collections WHERE name=?", (collection,)).fetchone()
+        if row is None:
+            self.require_collection(collection)
+        found = self.db.execute("SELECT * FROM retrieval_versions WHERE collection=? AND version=?",
+                                (collection, row["version"])).fetchone()
+        base = RetrievalVersion(collection, row["version"], row["embedder"],
+                                row["vectors"] or collection, "ready", row["created_at"], active=True)
+        return _version(found, row["version"]) if found else base
+
+    def retrieval_versions(self, collection: str) -> list[RetrievalVersion]:
+        """Every version, r0 first (r0 is listed even before any was learned)."""
+        served = self.serving(collection)
+        rows = self.db.execute("SELECT * FROM retrieval_versions WHERE collection=? ORDER BY version",
+                               (collection,)).fetchall()
+        versions = [_version(r, served.version) for r in rows]
+        if not versions or versions[0].version != 0:
+            versions.insert(0, served if served.version == 0 else RetrievalVersion(
+                collection, 0, served.embedder, collection, "ready"))
+        return versions
+
+    def retrieval_version(self, collection: str, version: int) -> RetrievalVersion:
+        for v in self.retrieval_versions(collection):
+            if v.version == version:
+                return v
+        raise BadRequest(f"Collection {collection!r} has no retrieval version r{version}",
+                         f"see `localcat retrieval list --collection {collection}`")
+
+    def new_retrieval_version(self, collection: str, embedder: Callable[[int], str],
+                              metrics: dict[str, Any]) -> RetrievalVersion:
+        """Add the next version, status 'building'; ``embedder(n)`` names its embedder."""
+        with self.transaction() as db:
+            # r0 is recorded before the first switch, while `embedder` still names the ingest's.
+            db.execute("""INSERT OR IGNORE INTO retrieval_versions (collection, version, embedder,
+                          vectors, status) SELECT name, 0, embedder, name, 'ready' FROM collections
+                          WHERE name=? AND version=0""", (collection,))
+            n = db.execute("SELECT coalesce(max(version), 0) + 1 FROM retrieval_versions "
+                           "WHERE collection=?", (collection,)).fetchone()[0]
+            db.execute("""INSERT INTO retrieval_versions (collection, version, embedder, vectors,
+                          status, metrics) VALUES (?,?,?,?,'building',?)""",
+                       (collection, n, embedder(n), version_vectors(collection, n), json.dumps(metrics)))
+        return self.retrieval_version(collection, n)
+
+    def set_version_status(self, collection: str, version: int, status: VersionStatus,
+                           metrics: dict[str, Any] | None = None) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE retrieval_versions SET status=? WHERE collection=? AND version=?",
+                       (status, collection, version))
+            if metrics is not None:
+                db.execute("UPDATE retrieval_versions SET metrics=? WHERE collection=? AND version=?",
+                           (json.dumps(metrics), collection, version))
+
+    def switch_version(self, collection: str, version: int, embedded: set[str], *,
+                       pending_stale_s: float = 600) -> bool:
+        """Serve ``version`` from now on, in one transaction; False (nothing changed) while an
+        ingest is writing the collection or a chunk has no vector in ``embedded`` yet.
+
+        A 'pending' file younger than ``pending_stale_s`` is an ingest mid-write (its vectors go
+        to the version served when it marked the file); an older one is a crashed ingest, which
+        the next ingest redoes whatever version serves then.
+        """
+        target = self.retrieval_version(collection, version)
+        with self.transaction() as db:
+            busy = db.execute(
+                "SELECT 1 FROM files WHERE collection=? AND state='pending' "
+                "AND updated_at > datetime('now', ?)", (collection, f"-{int(pending_stale_s)} seconds"),
+            ).fetchone()
+            if busy or not self.chunk_ids(collection) <= embedded:
+                return False
+            row = db.execute("SELECT version, embedder FROM collections WHERE name=?",
+                             (collection,)).fetchone()
+            db.execute("UPDATE collections SET embedder=?, vectors=?, version=? WHERE name=?",
+                       (target.embedder, target.vectors, version, collection))
+            # Files record the embedder of their vectors (Indexer.config_key); every chunk now has
+            # one from the new embedder, so say so, or the next ingest would redo every file.
+            db.execute("UPDATE files SET config=replace(config, ?, ?) WHERE collection=?",
+                       (f"emb={row['embedder']};", f"emb={target.embedder};", collection))
+            db.execute("UPDATE retrieval_versions SET status='ready' WHERE collection=? AND version=?",
+                       (collection, version))
+            db.execute("INSERT INTO retrieval_switches (collection, from_version, to_version) "
+                       "VALUES (?,?,?)", (collection, row["version"], version))
+        return True
+
+    def previous_version(self, collection: str) -> int | None:
+        """The version served before the last switch (None: never switched)."""
+        row = self.db.execute("SELECT from_version FROM retrieval_switches WHERE collection=? "
+                              "ORDER BY id DESC LIMIT 1", (collection,)).fetchone()
+        return row["from_version"] if row else None
+
+
+def _version(r: sqlite3.Row, active: int) -> RetrievalVersion:
+    return RetrievalVersion(r["collection"], r["version"], r["embedder"], r["vectors"], r["status"],
+                            r["created_at"], json.loads(r["metrics"]), r["version"] == active)
 
 
 def _chunk(r: sqlite3.Row) -> Chunk:

@@ -55,10 +55,28 @@ EMBEDDERS: dict[str, dict[str, str]] = {
 }
 
 
+# A model folder written by retrieval learning (finetune/retrieval.py) holds this file; such an
+# embedder is named by its absolute folder, so a collection's record finds it again.
+LEARNED_MARKER = "localcat-learned.json"
+
+
+def is_learned(name: str) -> bool:
+    """Other embedders are recorded by a catalog name or a folder's base name, never a path."""
+    return Path(name).is_absolute()
+
+
 def settings_for(name: str, configured: EmbeddingSettings) -> EmbeddingSettings:
     """The embedding settings that rebuild the embedder a collection recorded as ``name``."""
     if name in EMBEDDERS:
         return configured.model_copy(update=EMBEDDERS[name])
+    if is_learned(name):
+        if not (Path(name) / LEARNED_MARKER).is_file():
+            raise ConfigError(
+                f"The learned embedder {name} is gone",
+                "serve another retrieval version: `localcat retrieval rollback` or "
+                "`localcat retrieval use r0` (with --collection)",
+            )
+        return configured.model_copy(update={"backend": "sentence-transformers", "model": name})
     base, _, suffix = name.partition("+")
     folder = Path(configured.model).expanduser()
     if folder.name == base:  # a model folder of the user's: the configured one
@@ -77,7 +95,9 @@ class SentenceTransformerEmbeddings(Embeddings):
     def __init__(self, settings: EmbeddingSettings):
         self.settings = settings
         self.model_path = resolve_model_path(settings.model)
-        self.name = settings.model if settings.model == MINILM else self.model_path.name
+        self.name = (settings.model if settings.model == MINILM
+                     else str(self.model_path) if (self.model_path / LEARNED_MARKER).is_file()
+                     else self.model_path.name)
         self._model = None
         self._lock = threading.Lock()
         self._queries: OrderedDict[str, list[float]] = OrderedDict()
@@ -129,6 +149,18 @@ class SentenceTransformerEmbeddings(Embeddings):
         model = self.model
         get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get())
+
+
+def trainable_folder(embeddings: Embeddings) -> Path:
+    """The sentence-transformers folder of an embedder that can be fine-tuned, or why not."""
+    if type(embeddings) is not SentenceTransformerEmbeddings:
+        raise ConfigError(
+            f"Only sentence-transformers embedders can learn from feedback; this collection is "
+            f"served by {getattr(embeddings, 'name', type(embeddings).__name__)}",
+            "ingest into a new collection with LOCALCAT_EMBEDDING__BACKEND=sentence-transformers "
+            "(int8, e5 and fake embedders keep their vectors as they are)",
+        )
+    return embeddings.model_path
 
 
 def _cores() -> int:

@@ -138,6 +138,24 @@ class RetrievalSettings(BaseModel):
     )
 
 
+class RetrievalLearningSettings(BaseModel):
+    """`localcat finetune retrieval`: the embedder fine-tuned on feedback, and its gate."""
+
+    epochs: float = Field(4.0, gt=0, description="Passes over the (question, chunk) pairs.")
+    batch_size: int = Field(
+        16, ge=2, description="Pairs per step; each pair's in-batch others are its negatives "
+        "(MultipleNegativesRankingLoss).",
+    )
+    learning_rate: float = Field(3e-5, gt=0)
+    max_negatives: int = Field(
+        3, ge=0, description="Hard negatives per pair: chunks shown with a thumbs-down answer."
+    )
+    min_pairs: int = Field(10, ge=1, description="Fewest training pairs a run accepts.")
+    embed_batch: int = Field(256, ge=1, description="Chunks re-embedded per batch.")
+    # The gate is the generation gate's: finetune.gate_min_questions, gate_resamples,
+    # gate_confidence (per-question nDCG@10 here), and finetune.test_fraction/seed.
+
+
 class LLMSettings(BaseModel):
     runtime: Literal["auto", "ollama", "embedded"] = Field(
         "auto", description="'auto' uses Ollama when it answers, else the embedded model."
@@ -345,6 +363,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    retrieval_learning: RetrievalLearningSettings = Field(default_factory=RetrievalLearningSettings)
     llm: LLMSettings = Field(default_factory=LLMSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -385,6 +404,11 @@ class Settings(BaseSettings):
     @property
     def bm25_dir(self) -> Path:
         return self.data_dir / "bm25"
+
+    @property
+    def learned_dir(self) -> Path:
+        """Embedders learned from feedback, per collection: <collection>/r<N>."""
+        return self.data_dir / "embedders" / "learned"
 
     @property
     def feedback_db(self) -> Path:

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from core.clikit import ErrorGroup, parts
 from core.errors import BadRequest, ConfigError
+from finetune.retrieval_cli import retrieval_part
 
 if TYPE_CHECKING:
     from finetune.artifacts import DatasetReport, EvalReport, ExportResult, TrainResult
@@ -316,6 +317,7 @@ def register(run, base, ollama, activate, force, as_json) -> None:
 @_register_options
 @_json_option
 @_quiet_option
+@retrieval_part  # --only, --collection: retrieval learning first (finetune/retrieval_cli.py)
 def run_cmd(run, base, min_examples, trainer, objective, max_steps, epochs, learning_rate,
             restart, threads, ollama, activate, force, as_json, quiet) -> None:
     """All steps: data set, train, eval, export and, when the adapter beats the base beyond

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -18,11 +19,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.bm25 import BM25Index
 from langchain_core.embeddings import Embeddings
 
+from core.bm25 import BM25Index
 from core.chroma import VectorStore
-from core.chunkstore import ChunkStore, check_collection_name
+from core.chunkstore import ChunkStore, EmbedderChanged, check_collection_name
 from core.errors import BadFile
 from core.schemas import Chunk, FileResult, IngestReport
 from core.settings import Settings
@@ -190,8 +191,9 @@ class Indexer:
         if not batch:
             return []
         texts = [c.text for p in batch for c in p.chunks]
+        embedder = self.embedders(collection)
         try:
-            vectors = self.embedders(collection).encode(texts)
+            vectors = embedder.encode(texts)
         except (ValueError, MemoryError, RuntimeError) as exc:
             if len(batch) == 1:
                 reason = f"cannot embed: {type(exc).__name__}: {exc}"
@@ -199,8 +201,11 @@ class Indexer:
             # Find the file that breaks the encoder and let the others through.
             return [r for p in batch for r in self._write([p], collection)]
         config = self.config_key(collection)
-        for p in batch:
-            self.store.mark_pending(collection, p.key, p.digest, config)
+        try:
+            for p in batch:
+                self.store.mark_pending(collection, p.key, p.digest, config, embedder.name)
+        except EmbedderChanged:  # a learned retrieval version is served now: embed with it
+            return self._write(batch, collection)
         self.vectors.delete_sources(collection, [p.key for p in batch])
         self.vectors.upsert(collection, [c for p in batch for c in p.chunks], vectors)
         results = []
@@ -248,7 +253,8 @@ class Indexer:
 
     def drop_collection(self, collection: str) -> None:
         self.store.require_collection(collection)
-        self.vectors.drop(collection)
+        self.vectors.drop(collection)  # with its learned retrieval versions' vectors
         self.store.drop_collection(collection)
+        shutil.rmtree(self.settings.learned_dir / collection, ignore_errors=True)  # and models
         self.bm25.drop(collection)
 

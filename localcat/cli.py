@@ -279,6 +279,8 @@ def _register() -> None:
 
     for cmd in (ingest, remove, watch, collections, eval_command, finetune, models):
         main.add_command(cmd)
+    from finetune.retrieval_cli import learn_command, retrieval
+    finetune.add_command(learn_command), main.add_command(retrieval)
     from localcat.models_cli import register_commands
     register_commands(models)
 

