@@ -152,13 +152,16 @@ class SentenceTransformerEmbeddings(Embeddings):
 
 
 def trainable_folder(embeddings: Embeddings) -> Path:
-    """The sentence-transformers folder of an embedder that can be fine-tuned, or why not."""
-    if type(embeddings) is not SentenceTransformerEmbeddings:
+    """The sentence-transformers folder of an embedder that can be fine-tuned, or why not.
+
+    The int8 backend trains its fp32 source; the learned version is served in fp32.
+    """
+    if not isinstance(embeddings, SentenceTransformerEmbeddings):
         raise ConfigError(
             f"Only sentence-transformers embedders can learn from feedback; this collection is "
             f"served by {getattr(embeddings, 'name', type(embeddings).__name__)}",
-            "ingest into a new collection with LOCALCAT_EMBEDDING__BACKEND=sentence-transformers "
-            "(int8, e5 and fake embedders keep their vectors as they are)",
+            "ingest into a new collection with LOCALCAT_EMBEDDING__BACKEND=onnx-int8 or "
+            "sentence-transformers (e5 and fake embedders keep their vectors as they are)",
         )
     return embeddings.model_path
 

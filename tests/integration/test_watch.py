@@ -268,7 +268,7 @@ def test_watching_a_file_or_a_missing_folder_says_what_to_do(fake, folder):
 
 @pytest.fixture
 def minilm():
-    """A container with the real MiniLM embedder (the settings' default)."""
+    """A container with the real MiniLM embedder (the settings' default: int8)."""
     from localcat.container import Container
 
     c = Container()
@@ -283,7 +283,7 @@ def test_with_minilm_a_new_file_is_retrievable(minilm, folder):
         (folder / "parking.md").write_text(
             "# Parking\n\nThe parking garage closes at 22:15 on weekdays and is shut on Sundays.\n")
         wait_for(in_step(minilm, "handbook", folder), "the new file", timeout=WAIT_S * 3)
-    assert minilm.embeddings.name == "all-MiniLM-L6-v2"
+    assert minilm.embeddings.name == "all-MiniLM-L6-v2+onnx-int8"
     docs = minilm.retriever("handbook").invoke("When does the parking garage close?")
     assert docs and docs[0].metadata["source"].endswith("parking.md")
     assert "22:15" in docs[0].page_content

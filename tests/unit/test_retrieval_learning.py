@@ -277,6 +277,9 @@ def test_a_learned_embedder_is_named_by_its_folder_and_rebuilt_from_it(tmp_path:
     assert SentenceTransformerEmbeddings(rebuilt).name == str(folder)  # not just "r1"
     base = SentenceTransformerEmbeddings(configured)
     assert trainable_folder(base) == resolve_model_path("all-MiniLM-L6-v2")
+    from core.embeddings import OnnxInt8Embeddings  # the default: trains its fp32 source
+
+    assert trainable_folder(OnnxInt8Embeddings(configured)) == resolve_model_path("all-MiniLM-L6-v2")
     with pytest.raises(ConfigError, match="Only sentence-transformers embedders can learn"):
         trainable_folder(FakeEmbeddings())
 
