@@ -289,7 +289,7 @@ class CitationAttributor:
 
     def _mark(self, sentence: str, row: np.ndarray, k: int) -> tuple[str, list[int], list[int]]:
         """(the sentence with checked marks, the sources it carries, the marks the model wrote)."""
-        groups = list(MARK.finditer(sentence))
+        groups = _marks(sentence)
         written = list(dict.fromkeys(n for g in groups for n in _numbers(g)))
         kept = [n for n in written if 1 <= n <= k and row[n - 1] >= self.keep]
         best = int(row.argmax()) + 1 if k else 0
@@ -308,9 +308,19 @@ class CitationAttributor:
         return text, kept + add, written
 
 
+# Code is never a citation: `xs = [3, 1, 2]` or a fenced listing keeps its brackets as written.
+_CODE = re.compile(r"(```|~~~).*?(?:\1|\Z)|`[^`\n]*`", re.DOTALL)
+
+
+def _marks(text: str) -> list[re.Match]:
+    """The [n] groups of ``text`` outside code spans and fenced blocks."""
+    code = [m.span() for m in _CODE.finditer(text)]
+    return [g for g in MARK.finditer(text) if not any(a <= g.start() < b for a, b in code)]
+
+
 def cited_numbers(text: str) -> set[int]:
-    """Every n the text cites as [n] (or in a group like [1, 2])."""
-    return {n for g in MARK.finditer(text) for n in _numbers(g)}
+    """Every n the text cites as [n] (or in a group like [1, 2]), code left out."""
+    return {n for g in _marks(text) for n in _numbers(g)}
 
 
 def _numbers(group: re.Match) -> list[int]:
@@ -355,7 +365,7 @@ def insert_mark(sentence: str, mark: str) -> str:
 
 def _drop_unknown(text: str, k: int) -> str:
     """Outside the checked sentences only marks naming no shown source go."""
-    groups = [g for g in MARK.finditer(text) if any(not 1 <= n <= k for n in _numbers(g))]
+    groups = [g for g in _marks(text) if any(not 1 <= n <= k for n in _numbers(g))]
     if not groups:
         return text
     return _rewrite_groups(text, groups, set(range(1, k + 1)))[0]

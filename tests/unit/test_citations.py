@@ -199,3 +199,14 @@ def test_page_and_terminal_link_marks_and_flag_unsupported_sentences(attributor)
     assert click.unstyle(terminal) == ("You get 27 vacation days a year [1]. "
                                        "The moon is made of cheese [?].")
     assert click.style("The moon is made of cheese [?].", dim=True) in terminal
+
+
+def test_code_keeps_its_brackets() -> None:
+    """A list literal in code is not a citation: it is never dropped or rewritten."""
+    from assistant.citations import CitationAttributor, cited_numbers
+
+    answer = ("Sort with sorted() and a key [1].\n\n```python\nlist1 = [3, 1, 2]\nlist2 = [9, 8]\n"
+              "```\n\nIndex with `xs[7]` as usual.")
+    marked = CitationAttributor(None).attribute(answer, ["sorted() takes a key function"]).text
+    assert "list1 = [3, 1, 2]\nlist2 = [9, 8]" in marked and "`xs[7]`" in marked
+    assert cited_numbers(answer) == {1}
