@@ -222,6 +222,10 @@ class OnnxInt8Embeddings(SentenceTransformerEmbeddings):
 
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            # Every batch has another shape: an arena and memory patterns sized for each one
+            # took an ingest of hostile files to 1.8 GB; without them it stays near fp32's.
+            options.enable_cpu_mem_arena = False
+            options.enable_mem_pattern = False
             options.log_severity_level = 3
             session = ort.InferenceSession(str(self.prepare()), options,
                                            providers=["CPUExecutionProvider"])
