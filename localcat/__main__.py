@@ -1,3 +1,5 @@
 from localcat.cli import main
 
-main()
+# Guarded: multiprocessing (forkserver, spawn) imports the main module again in its helpers.
+if __name__ == "__main__":
+    main()
