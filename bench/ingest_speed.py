@@ -81,7 +81,8 @@ def main() -> None:
     try:
         for i, (tag, code, module, env) in enumerate([
             ("before (1 torch thread, parse then encode)", old, "assistant.cli", {}),
-            ("after, fp32", REPO, "localcat.cli", {}),
+            ("after, fp32", REPO, "localcat.cli",
+             {"LOCALCAT_EMBEDDING__BACKEND": "sentence-transformers"}),
             ("after, int8", REPO, "localcat.cli", {"LOCALCAT_EMBEDDING__BACKEND": "onnx-int8"}),
         ]):
             data = tmp / f"data{i}"
