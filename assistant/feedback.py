@@ -1,22 +1,23 @@
 """Feedback store: a snapshot of every answer and the ratings and corrections users give it.
 
-SQLite in WAL mode, so the server's worker processes can all write to one file: readers never block,
-writers queue on the busy timeout. The schema grows only by appending to ``MIGRATIONS``.
+A SQLite file in WAL mode by default, so the server's worker processes can all write to it (readers
+never block, writers queue on the busy timeout), or the PostgreSQL that several servers share
+(core/db.py). The schema grows only by new revisions in core/migrations/feedback/.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+import sqlalchemy as sa
 from pydantic import BaseModel, Field
 
+from core.db import Store, insert_ignore
 from core.errors import BadRequest
 from core.schemas import Answer
-from core.sqlite import Database, Migration, migrate, migrations  # noqa: F401 - re-exported
 
 MAX_TEXT_CHARS = 20_000
 MAX_USER_CHARS = 200
@@ -37,46 +38,35 @@ class Feedback(BaseModel):
     created_at: datetime
 
 
-# --- migrations -----------------------------------------------------------------------------------
+# --- the tables as the code queries them; their history is core/migrations/feedback/ -------------
 
-MIGRATIONS, _migration = migrations()
-
-@_migration
-def m001_answers_and_feedback(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE answers (
-            id TEXT PRIMARY KEY,
-            question TEXT NOT NULL,
-            standalone_question TEXT NOT NULL,
-            history TEXT NOT NULL,          -- JSON list of Message
-            collection TEXT NOT NULL,
-            answer TEXT NOT NULL,
-            citations TEXT NOT NULL,        -- JSON list of Citation: chunk ids, scores, snippets
-            grounded INTEGER NOT NULL,
-            model TEXT NOT NULL,
-            prompt_version TEXT NOT NULL,
-            created_at TEXT NOT NULL,
-            extra TEXT NOT NULL DEFAULT '{}' -- JSON: Answer fields added after this schema
-        )
-        """
-    )
-    # INTEGER PRIMARY KEY so ids keep insertion order (VACUUM may renumber an implicit rowid):
-    # "latest feedback wins" is the highest id.
-    db.execute(
-        """
-        CREATE TABLE feedback (
-            id INTEGER PRIMARY KEY,
-            answer_id TEXT NOT NULL REFERENCES answers(id),
-            rating TEXT CHECK (rating IN ('up', 'down')),
-            correction TEXT,
-            comment TEXT,
-            user TEXT,
-            created_at TEXT NOT NULL
-        )
-        """
-    )
-    db.execute("CREATE INDEX feedback_answer_id ON feedback(answer_id)")
+metadata = sa.MetaData()
+answers_t = sa.Table(
+    "answers", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("standalone_question", sa.Text, nullable=False),
+    sa.Column("history", sa.Text, nullable=False),
+    sa.Column("collection", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("citations", sa.Text, nullable=False),
+    sa.Column("grounded", sa.Integer, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("prompt_version", sa.Text, nullable=False),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("extra", sa.Text, nullable=False, server_default="{}"),
+)
+feedback_t = sa.Table(
+    "feedback", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("answer_id", sa.Text, sa.ForeignKey("answers.id"), nullable=False),
+    sa.Column("rating", sa.Text),
+    sa.Column("correction", sa.Text),
+    sa.Column("comment", sa.Text),
+    sa.Column("user", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Index("feedback_answer_id", "answer_id"),
+)
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -96,17 +86,18 @@ _ANSWER_COLUMNS = (
 )
 
 
-def _answer_row(answer: Answer) -> tuple[Any, ...]:
+def _answer_row(answer: Answer) -> dict[str, Any]:
     data = answer.model_dump(mode="json")
     extra = {k: v for k, v in data.items() if k not in _ANSWER_COLUMNS}
     data["history"] = json.dumps(data["history"], ensure_ascii=False)
     data["citations"] = json.dumps(data["citations"], ensure_ascii=False)
     data["grounded"] = int(answer.grounded)
-    return (*(data[c] for c in _ANSWER_COLUMNS), json.dumps(extra, ensure_ascii=False))
+    return {**{c: data[c] for c in _ANSWER_COLUMNS}, "extra": json.dumps(extra, ensure_ascii=False)}
 
 
-def _answer_dict(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
+def _answer_dict(row: Any, prefix: str = "") -> dict[str, Any]:
     """The JSON form of a stored answer (what ``Answer.model_dump(mode="json")`` gave)."""
+    row = row._mapping
     data = {c: row[prefix + c] for c in _ANSWER_COLUMNS}
     data["history"] = json.loads(data["history"])
     data["citations"] = json.loads(data["citations"])
@@ -114,8 +105,8 @@ def _answer_dict(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
     return {**json.loads(row[prefix + "extra"]), **data}
 
 
-def _feedback_dict(row: sqlite3.Row) -> dict[str, Any]:
-    return {k: row[k] for k in Feedback.model_fields}
+def _feedback_dict(row: Any) -> dict[str, Any]:
+    return {k: row._mapping[k] for k in Feedback.model_fields}
 
 
 def _text(name: str, value: str | None, limit: int) -> str | None:
@@ -133,23 +124,18 @@ def _text(name: str, value: str | None, limit: int) -> str | None:
     return value
 
 
-class FeedbackStore(Database):
-    """Answers and their feedback in one SQLite file; safe across threads and processes."""
+class FeedbackStore(Store):
+    """Answers and their feedback; safe across threads, processes and servers."""
 
-    MIGRATIONS = MIGRATIONS
+    SCHEMA = "feedback"
     KIND = "feedback database"
 
-    # --- writes: each is one IMMEDIATE transaction ------------------------------------------------
+    # --- writes: each is one write transaction ----------------------------------------------------
 
     def record_answer(self, answer: Answer) -> None:
         """Keep a snapshot of what produced ``answer``; recording the same id again keeps the first."""
-        columns = (*_ANSWER_COLUMNS, "extra")
-        sql = (
-            f"INSERT INTO answers ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            "ON CONFLICT(id) DO NOTHING"
-        )
         with self.transaction() as db:
-            db.execute(sql, _answer_row(answer))
+            insert_ignore(db, answers_t, _answer_row(answer), "id")
 
     def add_feedback(
         self,
@@ -175,19 +161,19 @@ class FeedbackStore(Database):
             )
         created_at = datetime.now(UTC)
         with self.transaction() as db:
-            if db.execute("SELECT 1 FROM answers WHERE id = ?", (answer_id,)).fetchone() is None:
+            if db.execute(sa.select(answers_t.c.id).where(answers_t.c.id == answer_id)).first() is None:
                 raise BadRequest(
                     f"no answer with id {answer_id!r}",
                     "send the `id` returned with the answer; only answers this LocalCat gave "
                     "can be rated",
                 )
-            cursor = db.execute(
-                "INSERT INTO feedback (answer_id, rating, correction, comment, user, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (answer_id, rating, correction, comment, user, created_at.isoformat()),
-            )
+            new_id = db.execute(
+                sa.insert(feedback_t).values(
+                    answer_id=answer_id, rating=rating, correction=correction, comment=comment,
+                    user=user, created_at=created_at.isoformat()).returning(feedback_t.c.id)
+            ).scalar_one()
         return Feedback(
-            id=cursor.lastrowid,
+            id=new_id,
             answer_id=answer_id,
             rating=rating,
             correction=correction,
@@ -199,15 +185,21 @@ class FeedbackStore(Database):
     # --- reads ------------------------------------------------------------------------------------
 
     def get_answer(self, answer_id: str) -> Answer | None:
-        row = self.db.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone()
+        row = self.one(sa.select(answers_t).where(answers_t.c.id == answer_id))
         return None if row is None else Answer.model_validate(_answer_dict(row))
 
     def latest_feedback(self, answer_id: str) -> Feedback | None:
         """The verdict on an answer: its most recent feedback."""
-        row = self.db.execute(
-            "SELECT * FROM feedback WHERE answer_id = ? ORDER BY id DESC LIMIT 1", (answer_id,)
-        ).fetchone()
+        f = feedback_t
+        row = self.one(sa.select(f).where(f.c.answer_id == answer_id).order_by(f.c.id.desc()).limit(1))
         return None if row is None else Feedback.model_validate(_feedback_dict(row))
+
+    def _latest(self):
+        """Feedback rows that are the latest of their answer (its verdict)."""
+        g = feedback_t.alias("g")
+        return feedback_t.c.id == (sa.select(sa.func.max(g.c.id))
+                                   .where(g.c.answer_id == feedback_t.c.answer_id)
+                                   .scalar_subquery())
 
     def iter_feedback(self, latest_only: bool = False) -> Iterator[dict[str, Any]]:
         """Feedback rows oldest first, JSON-ready, each with its answer snapshot under ``"answer"``.
@@ -215,16 +207,16 @@ class FeedbackStore(Database):
         ``latest_only`` keeps one row per answer, its verdict. Rows are read a page at a time so a
         slow consumer (the data-set builder) holds no read transaction open between pages.
         """
-        answer_cols = ", ".join(f"a.{c} AS a_{c}" for c in (*_ANSWER_COLUMNS, "extra"))
-        sql = f"SELECT f.*, {answer_cols} FROM feedback f JOIN answers a ON a.id = f.answer_id WHERE f.id > ?"
+        f, a = feedback_t, answers_t
+        columns = [*f.c, *(c.label(f"a_{c.name}") for c in a.c)]
+        query = sa.select(*columns).join(a, a.c.id == f.c.answer_id)
         if latest_only:
-            sql += " AND f.id = (SELECT max(g.id) FROM feedback g WHERE g.answer_id = f.answer_id)"
-        sql += " ORDER BY f.id LIMIT ?"
+            query = query.where(self._latest())
         last = 0
-        while rows := self.db.execute(sql, (last, _PAGE)).fetchall():
+        while rows := self.all(query.where(f.c.id > last).order_by(f.c.id).limit(_PAGE)):
             for row in rows:
                 yield {**_feedback_dict(row), "answer": _answer_dict(row, prefix="a_")}
-            last = rows[-1]["id"]
+            last = rows[-1].id
 
     def export_jsonl(self, fp: TextIO, latest_only: bool = False) -> int:
         """Write ``iter_feedback`` to ``fp``, one JSON object a line; return the number of lines."""
@@ -236,18 +228,17 @@ class FeedbackStore(Database):
 
     def stats(self) -> dict[str, int]:
         """Counts of answers and feedback rows; up/down/corrections count answers by their verdict."""
-        row = self.db.execute(
-            """
-            WITH verdict AS (
-                SELECT rating, correction FROM feedback f
-                WHERE f.id = (SELECT max(g.id) FROM feedback g WHERE g.answer_id = f.answer_id)
-            )
-            SELECT
-                (SELECT count(*) FROM answers) AS answers,
-                (SELECT count(*) FROM feedback) AS feedback,
-                (SELECT count(*) FROM verdict WHERE rating = 'up') AS up,
-                (SELECT count(*) FROM verdict WHERE rating = 'down') AS down,
-                (SELECT count(*) FROM verdict WHERE correction IS NOT NULL) AS corrections
-            """
-        ).fetchone()
-        return dict(row)
+        f = feedback_t
+        verdict = sa.select(f.c.rating, f.c.correction).where(self._latest()).subquery()
+
+        def count(table, *where):
+            return sa.select(sa.func.count()).select_from(table).where(*where).scalar_subquery()
+
+        row = self.one(sa.select(
+            count(answers_t).label("answers"),
+            count(f).label("feedback"),
+            count(verdict, verdict.c.rating == "up").label("up"),
+            count(verdict, verdict.c.rating == "down").label("down"),
+            count(verdict, verdict.c.correction.is_not(None)).label("corrections"),
+        ))
+        return dict(row._mapping)

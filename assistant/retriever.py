@@ -79,6 +79,9 @@ class HybridRetriever(BaseRetriever):
         s = self.settings
         n = max(s.candidates, k or s.k)
         dense = self.dense(query, n) if s.dense_weight > 0 else []
+        if s.bm25_weight > 0:
+            # Another process or server may have changed the collection since the index was built.
+            self.bm25.sync(self.collection, self.store, every_s=s.bm25_sync_s)
         lexical = self.bm25.search(self.collection, query, n) if s.bm25_weight > 0 else []
         top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
         ranked = fuse(dense, lexical, lambda: self.bm25.coverage(self.collection, query, top),

@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 # Kept by bm25s's 33-word English stop list but carrying no topic; in a small collection a missing
 # "what" would weigh as much as a missing subject.
@@ -16,6 +18,14 @@ QUESTION_WORDS = frozenset({
     "can", "could", "should", "would", "will", "may", "might", "must", "i", "me", "my", "we",
     "our", "you", "your", "get", "got", "many", "much", "about", "please", "tell",
 })  # fmt: skip
+
+
+class ChunkSource(Protocol):
+    """What the index is rebuilt from (core/chunkstore.py ChunkStore)."""
+
+    def generation(self, collection: str) -> int | None: ...
+
+    def all_chunks(self, collection: str) -> Iterator[tuple[str, str]]: ...
 
 
 class BM25Index:
@@ -31,14 +41,52 @@ class BM25Index:
         self._cache: dict[str, tuple[str, object, list[str]]] = {}
         self._positions: dict[str, tuple[object, dict[str, int]]] = {}
         self._lock = threading.Lock()
+        self._build_locks: dict[str, threading.Lock] = {}
+        self._checked: dict[str, float] = {}
+
+    def _pointer(self, collection: str) -> tuple[str | None, int | None]:
+        """(version folder, the chunk store generation it was built from) of the current index."""
+        try:
+            text = (self.root / collection / "CURRENT").read_text().split()
+        except FileNotFoundError:
+            return None, None
+        if not text:
+            return None, None
+        return text[0], int(text[1]) if len(text) > 1 else None
 
     def _current(self, collection: str) -> str | None:
-        try:
-            return (self.root / collection / "CURRENT").read_text().strip() or None
-        except FileNotFoundError:
-            return None
+        return self._pointer(collection)[0]
 
-    def rebuild(self, collection: str, items: Iterable[tuple[str, str]]) -> int:
+    def built_generation(self, collection: str) -> int | None:
+        return self._pointer(collection)[1]
+
+    def sync(self, collection: str, store: ChunkSource, *, every_s: float = 0.0) -> bool:
+        """Rebuild from ``store`` when its generation of the collection moved past this index's
+        (another process, or another server on a shared database, changed it); True if rebuilt.
+
+        ``every_s`` > 0 asks the store at most that often (a search path calls this each query).
+        """
+        now = time.monotonic()
+        if every_s and now - self._checked.get(collection, -every_s) < every_s:
+            return False
+        self._checked[collection] = now
+        generation = store.generation(collection)
+        if generation is None or generation == self.built_generation(collection):
+            return False
+        with self._lock_for(collection):
+            if generation == self.built_generation(collection):
+                return False  # another thread rebuilt it meanwhile
+            # The generation is read before the chunks: a write in between makes the index look
+            # older than it is, so the next sync rebuilds again, never the other way round.
+            self.rebuild(collection, store.all_chunks(collection), generation=generation)
+        return True
+
+    def _lock_for(self, collection: str) -> threading.Lock:
+        with self._lock:
+            return self._build_locks.setdefault(collection, threading.Lock())
+
+    def rebuild(self, collection: str, items: Iterable[tuple[str, str]],
+                generation: int | None = None) -> int:
         import bm25s
 
         ids, texts = [], []
@@ -58,11 +106,14 @@ class BM25Index:
             target.mkdir()
             ids = []
         (target / "ids.json").write_text(json.dumps(ids))
-        tmp = base / "CURRENT.tmp"
-        tmp.write_text(version)
+        tmp = base / f"CURRENT.{version}.tmp"
+        tmp.write_text(version if generation is None else f"{version} {generation}")
         os.replace(tmp, base / "CURRENT")
+        cutoff = time.time() - 60
         for old in base.iterdir():
-            if old.is_dir() and old.name != version:
+            # Not the folders of the last minute: another process's rebuild may be about to
+            # point CURRENT at its own.
+            if old.is_dir() and old.name != version and old.stat().st_mtime < cutoff:
                 shutil.rmtree(old, ignore_errors=True)
         return len(ids)
 

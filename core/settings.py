@@ -142,6 +142,11 @@ class RetrievalSettings(BaseModel):
 
 class RetrievalLearningSettings(BaseModel):
     """`localcat finetune retrieval`: the embedder fine-tuned on feedback, and its gate."""
+    bm25_sync_s: float = Field(
+        1.0, ge=0,
+        description="How often a search asks the database whether its collection changed (then "
+        "this server's BM25 index is rebuilt): how soon servers sharing a database agree.",
+    )
 
     epochs: float = Field(4.0, gt=0, description="Passes over the (question, chunk) pairs.")
     batch_size: int = Field(
@@ -379,6 +384,15 @@ class Settings(BaseSettings):
         if "models_dir" not in self.llm.model_fields_set:
             self.llm = self.llm.model_copy(update={"models_dir": self.data_dir / "models" / "catalog"})
         return self
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="Unset: a SQLite file per store under data_dir (one server). A PostgreSQL URL "
+        "(postgresql://user:password@host:5432/localcat) puts the chunk index, feedback and model "
+        "registry there, shared by every LocalCat server that names it.",
+    )
+
+
 
     @classmethod
     def settings_customise_sources(
@@ -404,6 +418,7 @@ class Settings(BaseSettings):
         """SQLite: ingested files, chunk texts and metadata (the source of truth for chunks)."""
         return self.data_dir / "index.sqlite"
 
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     @property
     def bm25_dir(self) -> Path:
         return self.data_dir / "bm25"

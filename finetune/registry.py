@@ -1,6 +1,6 @@
 """The model registry: fine-tuned versions, which one the assistant serves, and how to go back.
 
-SQLite as every LocalCat store uses it (``core.sqlite``: WAL, numbered migrations). A version
+A store like the others (core/db.py: a SQLite file, or the shared PostgreSQL). A version
 keeps copies of its artifacts under ``models_dir/<name>/`` (the run folder may be deleted), their
 checksums, its data set, metrics, parent and base. Activations are a log, so ``rollback`` returns to whatever was
 served before, the base model included.
@@ -12,59 +12,52 @@ from __future__ import annotations
 
 import json
 import shutil
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
+from core.db import Database, Store
 from core.errors import BadRequest, ConfigError, LocalCatError
 from core.settings import LLMSettings
-from core.sqlite import Database, migrations
 from finetune.artifacts import ADAPTER_GGUF, MODELFILE, RunLayout, read_manifest
 from finetune.base import BaseInfo, ChatTemplate
 
 REGISTRY_FILE = "registry.sqlite"
-MIGRATIONS, _migration = migrations()
-
-
-@_migration
-def m001_versions(db: sqlite3.Connection) -> None:
-    db.execute(
-        """
-        CREATE TABLE versions (
-            id INTEGER PRIMARY KEY,
-            name TEXT NOT NULL UNIQUE,          -- v1, v2, ...
-            run TEXT NOT NULL,                  -- the finetune run that made it
-            parent INTEGER REFERENCES versions(id), -- what was active when it was registered
-            base_name TEXT NOT NULL,
-            base_path TEXT NOT NULL,
-            base_sha256 TEXT NOT NULL,
-            trainer TEXT NOT NULL,
-            adapter_gguf TEXT NOT NULL,
-            adapter_sha256 TEXT NOT NULL,
-            adapter_dir TEXT NOT NULL,          -- PEFT safetensors + config
-            modelfile TEXT NOT NULL,
-            dataset TEXT NOT NULL,              -- JSON: run, sha256, counts
-            metrics TEXT NOT NULL,              -- JSON: the evaluation report's metrics
-            status TEXT NOT NULL CHECK (status IN ('promoted', 'forced')),
-            ollama_name TEXT,                   -- name:tag in Ollama, when registered there
-            ollama_host TEXT,
-            active INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL
-        )
-        """
-    )
-    db.execute("CREATE UNIQUE INDEX versions_one_active ON versions(active) WHERE active = 1")
-    db.execute(
-        """
-        CREATE TABLE activations (
-            id INTEGER PRIMARY KEY,
-            version_id INTEGER REFERENCES versions(id), -- NULL: the base model, no adapter
-            at TEXT NOT NULL
-        )
-        """
-    )
+# The tables as the code queries them; their history is core/migrations/models/.
+metadata = sa.MetaData()
+versions_t = sa.Table(
+    "versions", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("run", sa.Text, nullable=False),
+    sa.Column("parent", sa.Integer, sa.ForeignKey("versions.id")),
+    sa.Column("base_name", sa.Text, nullable=False),
+    sa.Column("base_path", sa.Text, nullable=False),
+    sa.Column("base_sha256", sa.Text, nullable=False),
+    sa.Column("trainer", sa.Text, nullable=False),
+    sa.Column("adapter_gguf", sa.Text, nullable=False),
+    sa.Column("adapter_sha256", sa.Text, nullable=False),
+    sa.Column("adapter_dir", sa.Text, nullable=False),
+    sa.Column("modelfile", sa.Text, nullable=False),
+    sa.Column("dataset", sa.Text, nullable=False),
+    sa.Column("metrics", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("ollama_name", sa.Text),
+    sa.Column("ollama_host", sa.Text),
+    sa.Column("active", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Index("versions_one_active", "active", unique=True, sqlite_where=sa.text("active = 1"),
+             postgresql_where=sa.text("active = 1")),
+)
+activations_t = sa.Table(
+    "activations", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("version_id", sa.Integer, sa.ForeignKey("versions.id")),
+    sa.Column("at", sa.Text, nullable=False),
+)
 
 
 class NotPromoted(LocalCatError):
@@ -94,8 +87,8 @@ class Version:
     created_at: str
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Version:
-        data = dict(row)
+    def from_row(cls, row: Any) -> Version:
+        data = dict(row._mapping)
         data["dataset"] = json.loads(data["dataset"])
         data["metrics"] = json.loads(data["metrics"])
         data["active"] = bool(data["active"])
@@ -105,24 +98,25 @@ class Version:
         return dict(self.__dict__)
 
 
-class ModelRegistry(Database):
-    """Model versions in ``models_dir/registry.sqlite``; artifacts in ``models_dir/<name>/``."""
+class ModelRegistry(Store):
+    """Model versions in ``models_dir/registry.sqlite`` (or the shared database); artifacts in
+    ``models_dir/<name>/``."""
 
-    MIGRATIONS = MIGRATIONS
+    SCHEMA = "models"
     KIND = "model registry"
 
-    def __init__(self, models_dir: Path):
+    def __init__(self, models_dir: Path, database: Database | None = None):
         self.dir = Path(models_dir)
-        super().__init__(self.dir / REGISTRY_FILE)
+        super().__init__(database or self.dir / REGISTRY_FILE)
 
     # --- reads ------------------------------------------------------------------------------------
 
     def versions(self) -> list[Version]:
-        return [Version.from_row(r) for r in self.db.execute("SELECT * FROM versions ORDER BY id")]
+        return [Version.from_row(r) for r in self.all(sa.select(versions_t).order_by(versions_t.c.id))]
 
     def get(self, name: str) -> Version:
-        row = self.db.execute("SELECT * FROM versions WHERE name = ? OR CAST(id AS TEXT) = ?",
-                              (name, name)).fetchone()
+        v = versions_t
+        row = self.one(sa.select(v).where((v.c.name == name) | (sa.cast(v.c.id, sa.Text) == name)))
         if row is None:
             known = ", ".join(v.name for v in self.versions()) or "none"
             raise BadRequest(f"No model version {name!r} (registered: {known})",
@@ -130,13 +124,17 @@ class ModelRegistry(Database):
         return Version.from_row(row)
 
     def find(self, run: str, adapter_sha256: str) -> Version | None:
-        row = self.db.execute("SELECT * FROM versions WHERE run = ? AND adapter_sha256 = ?",
-                              (run, adapter_sha256)).fetchone()
+        v = versions_t
+        row = self.one(sa.select(v).where(v.c.run == run, v.c.adapter_sha256 == adapter_sha256))
         return None if row is None else Version.from_row(row)
 
     def active(self) -> Version | None:
-        row = self.db.execute("SELECT * FROM versions WHERE active = 1").fetchone()
+        row = self.one(sa.select(versions_t).where(versions_t.c.active == 1))
         return None if row is None else Version.from_row(row)
+
+    def activation(self) -> int:
+        """Moves on with every `use` or `rollback` (0: never): servers poll it to swap models."""
+        return self.scalar(sa.select(sa.func.coalesce(sa.func.max(activations_t.c.id), 0)))
 
     # --- writes -----------------------------------------------------------------------------------
 
@@ -144,8 +142,9 @@ class ModelRegistry(Database):
             dataset: dict[str, Any], metrics: dict[str, Any], status: str,
             adapter_sha256: str) -> Version:
         """Copy the export's artifacts under a new version name and record it (not active yet)."""
+        v = versions_t
         with self.transaction() as db:
-            n = db.execute("SELECT coalesce(max(id), 0) + 1 FROM versions").fetchone()[0]
+            n = db.execute(sa.select(sa.func.coalesce(sa.func.max(v.c.id), 0) + 1)).scalar()
             name = f"v{n}"
             target = self.dir / name
             if target.exists():
@@ -157,39 +156,39 @@ class ModelRegistry(Database):
             modelfile = target / MODELFILE
             modelfile.write_text(modelfile.read_text().replace(
                 f"ADAPTER ./{ADAPTER_GGUF}", f"ADAPTER ./{name}.gguf"))
-            active = db.execute("SELECT id FROM versions WHERE active = 1").fetchone()
-            db.execute(
-                """INSERT INTO versions (id, name, run, parent, base_name, base_path, base_sha256,
-                   trainer, adapter_gguf, adapter_sha256, adapter_dir, modelfile, dataset, metrics,
-                   status, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (n, name, run, active[0] if active else None, base.name, str(base.path),
-                 base.sha256, trainer, str(target / f"{name}.gguf"), adapter_sha256,
-                 str(target / "adapter"), str(modelfile), json.dumps(dataset),
-                 json.dumps(metrics), status, datetime.now(UTC).isoformat()),
-            )
+            active = db.execute(sa.select(v.c.id).where(v.c.active == 1)).scalar()
+            db.execute(sa.insert(v).values(
+                id=n, name=name, run=run, parent=active, base_name=base.name,
+                base_path=str(base.path), base_sha256=base.sha256, trainer=trainer,
+                adapter_gguf=str(target / f"{name}.gguf"), adapter_sha256=adapter_sha256,
+                adapter_dir=str(target / "adapter"), modelfile=str(modelfile),
+                dataset=json.dumps(dataset), metrics=json.dumps(metrics), status=status,
+                created_at=datetime.now(UTC).isoformat()))
         return self.get(name)
 
     def set_ollama(self, name: str, ollama_name: str, host: str) -> None:
         with self.transaction() as db:
-            db.execute("UPDATE versions SET ollama_name = ?, ollama_host = ? WHERE name = ?",
-                       (ollama_name, host, name))
+            db.execute(sa.update(versions_t).where(versions_t.c.name == name)
+                       .values(ollama_name=ollama_name, ollama_host=host))
 
     def use(self, name: str | None) -> Version | None:
-        """Serve version ``name`` (None or 'base': the base model alone) from the next start on."""
+        """Serve version ``name`` (None or 'base': the base model alone); running servers follow
+        within ``models.poll_s``."""
         version = None if name in (None, "base") else self.get(name)
         if version is not None:
             verify(version)
+        v = versions_t
         with self.transaction() as db:
-            db.execute("UPDATE versions SET active = 0 WHERE active = 1")
+            db.execute(sa.update(v).where(v.c.active == 1).values(active=0))
             if version is not None:
-                db.execute("UPDATE versions SET active = 1 WHERE id = ?", (version.id,))
-            db.execute("INSERT INTO activations (version_id, at) VALUES (?, ?)",
-                       (version.id if version else None, datetime.now(UTC).isoformat()))
+                db.execute(sa.update(v).where(v.c.id == version.id).values(active=1))
+            db.execute(sa.insert(activations_t).values(
+                version_id=version.id if version else None, at=datetime.now(UTC).isoformat()))
         return self.get(version.name) if version else None
 
     def rollback(self) -> Version | None:
         """Serve what was served before the current activation; returns it (None: the base)."""
-        rows = self.db.execute("SELECT version_id FROM activations ORDER BY id DESC").fetchall()
+        rows = self.all(sa.select(activations_t.c.version_id).order_by(activations_t.c.id.desc()))
         if not rows:
             raise BadRequest("Nothing to roll back: no model version was ever activated",
                              "see `localcat models list`")
@@ -198,8 +197,8 @@ class ModelRegistry(Database):
         if previous is None and current is None:
             raise BadRequest("Already serving the base model, with nothing before it",
                              "activate a version with `localcat models use NAME`")
-        target = None if previous is None else self.db.execute(
-            "SELECT name FROM versions WHERE id = ?", (previous,)).fetchone()[0]
+        target = None if previous is None else self.scalar(
+            sa.select(versions_t.c.name).where(versions_t.c.id == previous))
         return self.use(target)
 
 

@@ -247,9 +247,7 @@ class Indexer:
         self.refresh_bm25(collection)
 
     def refresh_bm25(self, collection: str) -> None:
-        if self.store.bm25_dirty(collection):
-            self.bm25.rebuild(collection, self.store.all_chunks(collection))
-            self.store.set_bm25_clean(collection)
+        self.bm25.sync(collection, self.store)
 
     def drop_collection(self, collection: str) -> None:
         self.store.require_collection(collection)

@@ -68,10 +68,21 @@ class Container:
                            route=lambda collection: self.store.vectors_name(collection))
 
     @cached_property
+    def database(self):
+        """The shared database (``database.url``), or None: each store keeps its SQLite file."""
+        from core.db import Database
+
+        url = self.settings.database.url
+        return Database(url) if url else None
+
+    def _database(self, sqlite_file):
+        return self.database or sqlite_file
+
+    @cached_property
     def store(self):
         from core.chunkstore import ChunkStore
 
-        return ChunkStore(self.settings.index_db)
+        return ChunkStore(self._database(self.settings.index_db))
 
     @cached_property
     def bm25(self):
@@ -104,7 +115,7 @@ class Container:
     def feedback(self):
         from assistant.feedback import FeedbackStore
 
-        return FeedbackStore(self.settings.feedback_db)
+        return FeedbackStore(self._database(self.settings.feedback_db))
 
     @cached_property
     def attributor(self):
@@ -138,7 +149,7 @@ class Container:
     def registry(self):
         from finetune.registry import ModelRegistry
 
-        return ModelRegistry(self.settings.models_dir)
+        return ModelRegistry(self.settings.models_dir, self.database)
 
     @cached_property
     def served_llm(self):
@@ -146,7 +157,7 @@ class Container:
         from finetune.registry import REGISTRY_FILE, served_llm_settings
 
         # No registry file: nothing was ever fine-tuned, and reading must not create one.
-        known = (self.settings.models_dir / REGISTRY_FILE).is_file()
+        known = self.database is not None or (self.settings.models_dir / REGISTRY_FILE).is_file()
         return served_llm_settings(self.settings.llm, self.registry if known else None)
 
     def llm_settings(self, model: str | None = None):

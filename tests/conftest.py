@@ -89,3 +89,37 @@ def tiny_runtime(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("LOCALCAT_LLM__RUNTIME", "embedded")
     monkeypatch.setenv("LOCALCAT_LLM__MODEL_PATH", str(tiny_gguf))
     return tiny_gguf
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """One private PostgreSQL server for the session (Debian's binaries; ~1.5 s to start)."""
+    import shutil
+    import tempfile
+
+    from tests.fixtures.servers import postgres_server
+
+    # Not pytest's tmp folders: they are private to root, and PostgreSQL runs as `postgres`.
+    root = Path(tempfile.mkdtemp(prefix="localcat-pg-"))
+    try:
+        with postgres_server(root) as url:
+            yield url
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: str, request: pytest.FixtureRequest) -> str:
+    """A new, empty database in the session's PostgreSQL for this test."""
+    import re
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
+    admin = sa.create_engine(postgres_cluster.replace("postgresql://", "postgresql+psycopg://"),
+                             isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    admin.dispose()
+    return postgres_cluster.rsplit("/", 1)[0] + "/" + name

@@ -16,6 +16,7 @@ from core.schemas import Answer, chunk_id
 from core.settings import Settings
 from finetune.dataset import PromptBuilder
 from localcat.container import Container
+from tests.fixtures.legacy import make_legacy
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +81,7 @@ def _legacy_id(path: str, file_hash: str, position: int) -> str:
 
 
 def _make_legacy(c: Container, collection: str) -> dict[str, str]:
-    """Rewrite a fresh index into the pre-content-id layout (schema 1, ids from position)."""
+    """Rewrite a fresh index into the pre-content-id layout (numbered migration 1, ids from position)."""
     db = sqlite3.connect(c.settings.index_db)
     rows = db.execute("SELECT id, path, file_hash, position FROM chunks WHERE collection=?",
                       (collection,)).fetchall()
@@ -93,9 +94,12 @@ def _make_legacy(c: Container, collection: str) -> dict[str, str]:
     with db:
         db.executemany("UPDATE chunks SET id=? WHERE collection=? AND id=?",
                        [(o, collection, n) for n, o in old.items()])
-        db.execute("DROP TABLE chunk_aliases")
-        db.execute("PRAGMA user_version = 1")
+        for table in ("chunk_aliases", "retrieval_versions", "retrieval_switches"):
+            db.execute(f"DROP TABLE {table}")
+        for column in ("vectors", "version", "generation"):
+            db.execute(f"ALTER TABLE collections DROP COLUMN {column}")
     db.close()
+    make_legacy(c.settings.index_db, "chunks", 1)
     c.bm25.rebuild(collection, c.store.all_chunks(collection))  # already the old ids
     return old
 

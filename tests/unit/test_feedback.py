@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from assistant.feedback import MAX_TEXT_CHARS, MIGRATIONS, Feedback, FeedbackStore, migrate
+from assistant.feedback import MAX_TEXT_CHARS, Feedback, FeedbackStore
+from core.db import head, version_table
 from core.errors import BadRequest, StoreUnavailable
 from core.schemas import Answer, Citation, Message
 
@@ -75,13 +76,12 @@ def test_open_is_lazy(db_path: Path) -> None:
 def test_migrations_create_schema_once(db_path: Path) -> None:
     with FeedbackStore(db_path) as s:
         s.record_answer(make_answer())
-    db = raw(db_path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
-    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    with closing(raw(db_path)) as db:
+        table = version_table("feedback")
+        assert db.execute(f"SELECT version_num FROM {table}").fetchall() == [(head("feedback"),)]
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert {"answers", "feedback"} <= tables(db_path)
-    assert migrate(db, MIGRATIONS) == 0  # re-opening is a no-op
-    db.close()
-    with FeedbackStore(db_path) as s:
+    with FeedbackStore(db_path) as s:  # re-opening migrates nothing and keeps the rows
         assert s.stats()["answers"] == 1
 
 
@@ -99,36 +99,6 @@ def test_switch_to_wal_waits_for_another_writer(db_path: Path) -> None:
     other.close()
     with closing(raw(db_path)) as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-
-
-def test_new_migration_applies_only_itself(db_path: Path) -> None:
-    FeedbackStore(db_path).stats()
-    db = raw(db_path)
-
-    def m_tags(conn: sqlite3.Connection) -> None:
-        conn.execute("ALTER TABLE feedback ADD COLUMN tags TEXT")
-
-    assert migrate(db, [*MIGRATIONS, m_tags]) == 1
-    assert migrate(db, [*MIGRATIONS, m_tags]) == 0
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
-    db.close()
-    # This code predates m_tags: it refuses the newer file rather than guess at it.
-    with pytest.raises(StoreUnavailable, match="upgrade LocalCat"):
-        FeedbackStore(db_path).stats()
-
-
-def test_failed_migration_leaves_nothing_behind(tmp_path: Path) -> None:
-    db = raw(tmp_path / "x.sqlite")
-
-    def broken(conn: sqlite3.Connection) -> None:
-        conn.execute("CREATE TABLE half_done (x)")
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError):
-        migrate(db, [*MIGRATIONS, broken])
-    assert db.execute("PRAGMA user_version").fetchone()[0] == 0
-    db.close()
-    assert tables(tmp_path / "x.sqlite") == set()
 
 
 def test_unopenable_file_says_the_fix(tmp_path: Path) -> None:

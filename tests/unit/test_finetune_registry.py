@@ -14,7 +14,8 @@ from core.gguf import AdapterCorrupt, BaseMismatch, check_lora_gguf, file_sha256
 from core.settings import Settings
 from finetune.artifacts import AdapterManifest, DatasetRef, LoraInfo, TemplateInfo
 from finetune.base import BaseInfo, ChatTemplate
-from finetune.registry import MIGRATIONS, ModelRegistry, ollama_register
+from core.db import head, version_table
+from finetune.registry import ModelRegistry, ollama_register
 from localcat.container import Container
 from tests.unit.test_finetune_modelfile import CHATML
 
@@ -95,7 +96,8 @@ def test_migrations_run_once(registry: ModelRegistry) -> None:
     assert registry.versions() == []
     registry.close()
     db = sqlite3.connect(registry.path)
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    assert db.execute(f"SELECT version_num FROM {version_table('models')}").fetchall() == [
+        (head("models"),)]
     tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"versions", "activations"} <= tables
     db.close()

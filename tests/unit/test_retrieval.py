@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from assistant.retriever import rrf
 from core.bm25 import BM25Index
 from core.chunkstore import ChunkStore
@@ -26,6 +29,13 @@ def test_bm25_index_persists_and_swaps_versions(tmp_path):
     index.rebuild("kb", [("9", "only dogs now")])
     assert index.search("kb", "red fox", 5) == []
     assert [h[0] for h in index.search("kb", "dogs", 5)] == ["9"]
+    # The replaced version stays a minute (another process's rebuild may be about to point at its
+    # own folder), then goes with the next rebuild.
+    folders = [p for p in (tmp_path / "bm25" / "kb").iterdir() if p.is_dir()]
+    assert len(folders) == 2
+    for p in folders:
+        os.utime(p, (time.time() - 120, time.time() - 120))
+    index.rebuild("kb", [("9", "only dogs now")])
     assert len([p for p in (tmp_path / "bm25" / "kb").iterdir() if p.is_dir()]) == 1
 
 
@@ -43,14 +53,40 @@ def test_chunk_store_marks_pending_then_done(tmp_path):
 
     store = ChunkStore(tmp_path / "index.sqlite")
     store.ensure_collection("kb", "emb", lambda: 3)
+    generations = [store.generation("kb")]
     store.mark_pending("kb", "/a.txt", "h1", "cfg")
-    assert store.file("kb", "/a.txt").state == "pending" and store.bm25_dirty("kb")
+    assert store.file("kb", "/a.txt").state == "pending"
+    generations.append(store.generation("kb"))
     chunk = Chunk(id="x", text="hello", source="/a.txt", file_hash="h1", position=0, page=2)
     store.commit_file("kb", "/a.txt", "h1", "cfg", [chunk])
     assert store.file("kb", "/a.txt").state == "done"
     assert store.chunks("kb", ["x", "nope"]) == {"x": chunk}
+    generations.append(store.generation("kb"))
     store.remove_file("kb", "/a.txt")
     assert store.chunk_ids("kb") == set() and store.file("kb", "/a.txt") is None
+    generations.append(store.generation("kb"))
+    # Every write moves the generation on: what tells a server its BM25 index is stale.
+    assert generations == sorted(set(generations)) and store.generation("nope") is None
+
+
+def test_bm25_follows_the_store_generation(tmp_path):
+    """Two servers on one database: each rebuilds its own BM25 index when the collection moved."""
+    from core.schemas import Chunk
+
+    store = ChunkStore(tmp_path / "index.sqlite")
+    here, there = BM25Index(tmp_path / "a"), BM25Index(tmp_path / "b")
+    store.ensure_collection("kb", "emb", lambda: 3)
+    store.mark_pending("kb", "/a.txt", "h1", "cfg")
+    store.commit_file("kb", "/a.txt", "h1", "cfg", [
+        Chunk(id="x", text="red fox", source="/a.txt", file_hash="h1", position=0)])
+    assert here.sync("kb", store) and there.sync("kb", store)
+    assert not here.sync("kb", store)  # nothing moved
+    store.mark_pending("kb", "/b.txt", "h2", "cfg")
+    store.commit_file("kb", "/b.txt", "h2", "cfg", [
+        Chunk(id="y", text="blue whale", source="/b.txt", file_hash="h2", position=0)])
+    assert not there.sync("kb", store, every_s=60)  # asked less than a minute ago: not again
+    assert there.search("kb", "whale", 3) == []
+    assert there.sync("kb", store) and [i for i, _ in there.search("kb", "whale", 3)] == ["y"]
 
 
 def test_collection_embedder_mismatch_is_refused(tmp_path):

@@ -127,7 +127,8 @@ def test_only_this_collection_live_chunks_and_clean_rows_count(store) -> None:
 
 def test_a_chunk_whose_text_changed_under_an_old_id_is_not_used(store) -> None:
     with store.transaction() as db:  # a pre-content-id alias now pointing at other text
-        db.execute("INSERT INTO chunk_aliases (collection, old_id, new_id) VALUES ('kbase','old','b')")
+        db.exec_driver_sql(
+            "INSERT INTO chunk_aliases (collection, old_id, new_id) VALUES ('kbase','old','b')")
     v = verdict("trips?", ["a"], rating="up")
     v["answer"]["citations"][0]["chunk_id"] = "old"  # showed a's text under the old id
     questions, report = build_pairs([v], "kbase", store, Search({}), FT)
@@ -227,7 +228,8 @@ def test_no_switch_while_an_ingest_is_writing(store, tmp_path: Path) -> None:
     store.mark_pending("kbase", "/docs/a.txt", "a2", "cfg")
     assert not store.switch_version("kbase", 1, ids)  # its vectors go to the served version
     with store.transaction() as db:  # a crashed ingest's trail: the next ingest redoes it
-        db.execute("UPDATE files SET updated_at=datetime('now', '-1 hour') WHERE state='pending'")
+        db.exec_driver_sql(
+            "UPDATE files SET updated_at=datetime('now', '-1 hour') WHERE state='pending'")
     assert store.switch_version("kbase", 1, ids)
 
 
@@ -350,15 +352,16 @@ def test_the_commands_say_what_to_do(docs_dir: Path, monkeypatch: pytest.MonkeyP
 def test_an_index_from_before_versions_migrates_serving_r0(tmp_path: Path) -> None:
     import sqlite3
 
-    from core.chunkstore import MIGRATIONS
-    from core.sqlite import migrate
+    from core.db import head, version_table
+    from tests.fixtures.legacy import legacy_file
 
+    legacy_file(tmp_path / "index.sqlite", "chunks", 2)  # the schema before retrieval versions
     db = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
-    db.row_factory = sqlite3.Row
-    migrate(db, MIGRATIONS[:2])  # the schema before retrieval versions
     db.execute("INSERT INTO collections (name, embedder, dimension) VALUES ('kbase', 'm', 384)")
     db.close()
     store = ChunkStore(tmp_path / "index.sqlite")
     served = store.serving("kbase")
     assert (served.name, served.embedder, served.vectors, served.active) == ("r0", "m", "kbase", True)
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    with store.read() as db:
+        version = db.exec_driver_sql(f"SELECT version_num FROM {version_table('chunks')}").scalar()
+    assert version == head("chunks")
