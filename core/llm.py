@@ -30,6 +30,7 @@ from core.errors import (
     ModelNotFound,
     RuntimeUnavailable,
 )
+from core.ollama_hosts import OllamaHosts, OllamaRouter
 from core.settings import LLMSettings
 
 LLAMA_CPP_INSTALL = "./scripts/setup"
@@ -391,8 +392,11 @@ def _has_model(name: str, available: list[str]) -> bool:
     return name in available or (":" not in name and f"{name}:latest" in available)
 
 
-def _require_ollama_model(llm: LLMSettings) -> None:
-    host, name = llm.ollama_host, llm.ollama_model
+def _require_ollama_model(llm: LLMSettings, hosts: OllamaHosts | None = None) -> None:
+    urls, name = llm.ollama_urls, llm.ollama_model
+    if len(urls) > 1:
+        return _require_on_hosts(llm, hosts or OllamaHosts())
+    host = urls[0]
     if ollama_status(host, timeout=min(llm.timeout_s, 5.0)) is None:
         raise RuntimeUnavailable(f"Cannot reach Ollama at {host}", _OLLAMA_DOWN_FIX)
     available = ollama_models(host)
@@ -404,12 +408,28 @@ def _require_ollama_model(llm: LLMSettings) -> None:
         )
 
 
-def _ollama_chat_model(llm: LLMSettings) -> tuple[BaseChatModel, str]:
+def _require_on_hosts(llm: LLMSettings, hosts: OllamaHosts) -> None:
+    """Some host answers, and every host that answers has the model (a request may go to any)."""
+    urls, name = llm.ollama_urls, llm.ollama_model
+    up = hosts.answering(urls, force=True)
+    if not up:
+        raise RuntimeUnavailable(f"Cannot reach Ollama at any of {', '.join(urls)}",
+                                 _OLLAMA_DOWN_FIX)
+    lacking = [u for u in up if not _has_model(name, ollama_models(u))]
+    if lacking:
+        raise ModelNotFound(
+            f"Ollama at {', '.join(lacking)} has no model {name!r}",
+            f"run `localcat models pull ollama:{name}` (it pulls on every host), "
+            "set LOCALCAT_LLM__OLLAMA_MODEL, or set LOCALCAT_LLM__RUNTIME=embedded",
+        )
+
+
+def _chat_ollama(llm: LLMSettings, host: str) -> BaseChatModel:
     from langchain_ollama import ChatOllama
 
-    model = ChatOllama(
+    return ChatOllama(
         model=llm.ollama_model,
-        base_url=llm.ollama_host,
+        base_url=host,
         num_ctx=llm.num_ctx,
         temperature=llm.temperature,
         num_predict=llm.max_tokens or DEFAULT_MAX_TOKENS,
@@ -418,7 +438,30 @@ def _ollama_chat_model(llm: LLMSettings) -> tuple[BaseChatModel, str]:
         stop=llm.stop,
         client_kwargs={"timeout": llm.timeout_s},
     )
-    return model, f"ollama {llm.ollama_model} at {llm.ollama_host}"
+
+
+def _ollama_chat_model(
+    llm: LLMSettings, hosts: OllamaHosts | None = None
+) -> tuple[BaseChatModel, str]:
+    urls = llm.ollama_urls
+    description = f"ollama {llm.ollama_model} at {', '.join(urls)}"
+    if len(urls) == 1:  # nothing to route: the plain ChatOllama, as before hosts were a list
+        return _chat_ollama(llm, urls[0]), description
+    router = OllamaRouter(
+        model=llm.ollama_model,
+        clients={u: _chat_ollama(llm, u) for u in urls},
+        hosts=hosts or OllamaHosts(),
+        translate=lambda exc, host: translate_runtime_error(exc, llm, host=host),
+    )
+    return router, description
+
+
+def _ollama_answers(llm: LLMSettings, hosts: OllamaHosts | None) -> bool:
+    """Whether 'auto' means Ollama: any configured host answers."""
+    urls = llm.ollama_urls
+    if len(urls) == 1:
+        return ollama_status(urls[0], AUTO_PROBE_S) is not None
+    return bool((hosts or OllamaHosts()).answering(urls, force=True))
 
 
 def _embedded_chat_model(llm: LLMSettings) -> tuple[ChatLlamaCpp, str]:
@@ -439,45 +482,55 @@ def _embedded_chat_model(llm: LLMSettings) -> tuple[ChatLlamaCpp, str]:
     return model, f"embedded {model.model_tag}"
 
 
-def build_chat_model(llm: LLMSettings) -> tuple[BaseChatModel, str]:
-    """The chat model the settings ask for, and a one-line description of it for logs and /health."""
+def build_chat_model(
+    llm: LLMSettings, hosts: OllamaHosts | None = None
+) -> tuple[BaseChatModel, str]:
+    """The chat model the settings ask for, and a one-line description of it for logs and /health.
+
+    ``hosts`` is the process's view of its Ollama hosts (load and health), shared by the models
+    built with it; with several ``llm.ollama_urls`` the model routes over them.
+    """
     match llm.runtime:
         case "ollama":
-            _require_ollama_model(llm)
-            return _ollama_chat_model(llm)
+            _require_ollama_model(llm, hosts)
+            return _ollama_chat_model(llm, hosts)
         case "embedded":
             return _embedded_chat_model(llm)
         case "auto":
-            if ollama_status(llm.ollama_host, AUTO_PROBE_S) is None:
+            if not _ollama_answers(llm, hosts):
                 return _embedded_chat_model(llm)
             # Ollama answers, so it is the runtime: a model it lacks is an error, not a silent
             # switch to a different model than the one asked for.
-            _require_ollama_model(llm)
-            return _ollama_chat_model(llm)
+            _require_ollama_model(llm, hosts)
+            return _ollama_chat_model(llm, hosts)
     raise BadRequest(f"Unknown runtime {llm.runtime!r}", "use auto, ollama or embedded")
 
 
-def list_models(llm: LLMSettings) -> list[str]:
-    """Models the configured runtime can serve: Ollama's pulled models, or the embedded model's tag."""
-    use_ollama = llm.runtime == "ollama" or (
-        llm.runtime == "auto" and ollama_status(llm.ollama_host, AUTO_PROBE_S) is not None
-    )
-    if use_ollama:
-        return ollama_models(llm.ollama_host)
-    model, _ = _embedded_chat_model(llm)
-    return [model.model_tag]
+def list_models(llm: LLMSettings, hosts: OllamaHosts | None = None) -> list[str]:
+    """Models the configured runtime can serve: Ollama's pulled models (on the first host that
+    answers), or the embedded model's tag."""
+    if llm.runtime == "embedded" or (llm.runtime == "auto" and not _ollama_answers(llm, hosts)):
+        model, _ = _embedded_chat_model(llm)
+        return [model.model_tag]
+    urls = llm.ollama_urls
+    if len(urls) > 1:
+        urls = (hosts or OllamaHosts()).answering(urls) or urls
+    return ollama_models(urls[0])
 
 
-def translate_runtime_error(exc: BaseException, llm: LLMSettings) -> LocalCatError | None:
+def translate_runtime_error(
+    exc: BaseException, llm: LLMSettings, host: str | None = None
+) -> LocalCatError | None:
     """The LocalCatError for an error raised while a chat model answers, or None if it is not one
     of the runtime's known failures (then let it propagate).
 
     ChatOllama raises the ollama client's and httpx's own errors mid-stream; edges (pipeline, API,
-    page) call this so users see the same messages as at start-up.
+    page) call this so users see the same messages as at start-up. ``host``: the one that
+    failed, when several serve (default: the first).
     """
     if isinstance(exc, LocalCatError):
         return exc
-    host, name = llm.ollama_host, llm.ollama_model
+    host, name = host or llm.ollama_urls[0], llm.ollama_model
     from ollama import ResponseError
 
     if isinstance(exc, ResponseError):

@@ -171,6 +171,12 @@ class LLMSettings(BaseModel):
         default_factory=_default_ollama_host, validate_default=True,
         description="Ollama URL; defaults to $OLLAMA_HOST, then http://127.0.0.1:11434.",
     )
+    ollama_hosts: list[str] = Field(
+        default_factory=list,
+        description='Several Ollama URLs to spread requests over, e.g. ["http://gpu1:11434", '
+        '"http://gpu2:11434"]: each request goes to the least busy host, and on to another when '
+        "its host fails before answering. Empty: ollama_host alone.",
+    )
     ollama_model: str = Field("llama3.2", description="Model name as Ollama knows it.")
     model: str = Field(
         "qwen2.5-coder-0.5b",
@@ -215,10 +221,24 @@ class LLMSettings(BaseModel):
     @field_validator("ollama_host")
     @classmethod
     def _with_scheme(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        if "://" not in v:
-            v = "http://" + v
-        return v.replace("://0.0.0.0", "://127.0.0.1")
+        return _ollama_url(v)
+
+    @field_validator("ollama_hosts")
+    @classmethod
+    def _each_with_scheme(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(_ollama_url(u) for u in v))  # listed twice is still one host
+
+    @property
+    def ollama_urls(self) -> list[str]:
+        """The Ollama hosts requests go to: ``ollama_hosts``, or else ``ollama_host``."""
+        return self.ollama_hosts or [self.ollama_host]
+
+
+def _ollama_url(v: str) -> str:
+    v = v.strip().rstrip("/")
+    if "://" not in v:
+        v = "http://" + v
+    return v.replace("://0.0.0.0", "://127.0.0.1")
 
 
 class ModelsSettings(BaseModel):

@@ -164,6 +164,15 @@ class Container:
         llm = self.served_llm
         return llm.model_copy(update={"ollama_model": model}) if model else llm
 
+    @property
+    def ollama_hosts(self):
+        """Load and health of the Ollama hosts, shared by every model built here and /health."""
+        from core.ollama_hosts import OllamaHosts
+
+        # setdefault is atomic: a /health and a first chat that race here still share one.
+        return self.__dict__.get("_ollama_hosts") or self.__dict__.setdefault(
+            "_ollama_hosts", OllamaHosts())
+
     def chat_model(self, model: str | None = None):
         """(BaseChatModel, tag) for the configured runtime; ``model`` overrides the model name."""
         from core.llm import build_chat_model
@@ -171,7 +180,7 @@ class Container:
         key = model or ""
         with self._lock:
             if key not in self._models:
-                self._models[key] = build_chat_model(self.llm_settings(model))
+                self._models[key] = build_chat_model(self.llm_settings(model), self.ollama_hosts)
             return self._models[key]
 
     def loaded_model_tags(self) -> list[str]:

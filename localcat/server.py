@@ -137,7 +137,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     def list_models():
         from core.llm import list_models as runtime_models
 
-        names = [DEFAULT_MODEL, *runtime_models(c.served_llm)]
+        names = [DEFAULT_MODEL, *runtime_models(c.served_llm, c.ollama_hosts)]
         return ModelList(data=[ModelCard(id=n) for n in dict.fromkeys(names)])
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion,
@@ -220,8 +220,6 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     @app.get("/health")
     def health():
-        from core.llm import ollama_status
-
         out: dict = {"status": "ok", "runtime": settings.llm.runtime}
         try:
             out["collections"] = len(c.store.collections())
@@ -230,9 +228,14 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         except LocalCatError as exc:
             out.update(status="degraded", store_error=str(exc))
         if settings.llm.runtime in ("auto", "ollama"):
-            version = ollama_status(settings.llm.ollama_host, 0.5)
-            out["ollama"] = version or "unreachable"
-            if version is None and settings.llm.runtime == "ollama":
+            urls = settings.llm.ollama_urls
+            up = c.ollama_hosts.answering(urls)  # probes at most every few seconds
+            out["ollama"] = (c.ollama_hosts.version(up[0]) if up else None) or "unreachable"
+            # Each host's url, healthy, in_flight and last_error; requests in flight are counted
+            # where they are routed, over several hosts.
+            hosts = c.ollama_hosts.snapshot(urls, counted=len(urls) > 1)
+            out["ollama_hosts"] = hosts
+            if settings.llm.runtime == "ollama" and not any(h["healthy"] for h in hosts):
                 out["status"] = "degraded"
         out["model"] = c.loaded_model_tags() or "not loaded yet"
         return out
