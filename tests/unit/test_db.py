@@ -34,7 +34,10 @@ def schema_drift(database: Database, store: str) -> list:
     metadata = {"chunks": core.chunkstore.metadata, "feedback": assistant.feedback.metadata,
                 "models": finetune.registry.metadata}[store]
     with database.engine.connect() as conn:
-        ctx = MigrationContext.configure(conn, opts={"version_table": version_table(store)})
+        # Only this store's tables: on a shared database the others' are not drift.
+        ctx = MigrationContext.configure(conn, opts={
+            "version_table": version_table(store),
+            "include_name": lambda name, kind, _: kind != "table" or name in metadata.tables})
         return [d for d in compare_metadata(ctx, metadata)
                 # server defaults are compared as text, which differs by dialect, not in meaning
                 if d[0] not in ("modify_default",)]
