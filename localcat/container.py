@@ -7,6 +7,7 @@ process); nothing else constructs them, and nothing holds module-level singleton
 from __future__ import annotations
 
 import threading
+import time
 from functools import cached_property
 
 from core.settings import Settings
@@ -18,6 +19,7 @@ class Container:
         self._models: dict[str, tuple[object, str]] = {}
         self._embedders: dict[str, object] = {}
         self._lock = threading.Lock()
+        self._served: tuple[float, int, object] | None = None  # (read at, activation, settings)
 
     @cached_property
     def embeddings(self):
@@ -151,14 +153,32 @@ class Container:
 
         return ModelRegistry(self.settings.models_dir, self.database)
 
-    @cached_property
+    @property
     def served_llm(self):
-        """LLM settings with the active fine-tuned version (base + adapter) applied, if any."""
+        """LLM settings with the active fine-tuned version (base + adapter) applied, if any.
+
+        Read again at most every ``models.poll_s``: a version switched by `localcat models use`,
+        or by another server on the same database, is served from the next request on (models
+        built for the old one are dropped here; answers streaming from them finish first).
+        """
         from finetune.registry import REGISTRY_FILE, served_llm_settings
 
+        now = time.monotonic()
+        cached = self._served
+        if cached is not None and now - cached[0] < self.settings.models.poll_s:
+            return cached[2]
         # No registry file: nothing was ever fine-tuned, and reading must not create one.
         known = self.database is not None or (self.settings.models_dir / REGISTRY_FILE).is_file()
-        return served_llm_settings(self.settings.llm, self.registry if known else None)
+        activation = self.registry.activation() if known else 0
+        with self._lock:
+            if self._served is None or self._served[1] != activation:
+                llm = served_llm_settings(self.settings.llm, self.registry if known else None)
+                if self._served is not None:
+                    self._models.clear()
+                self._served = (now, activation, llm)
+            else:
+                self._served = (now, *self._served[1:])
+            return self._served[2]
 
     def llm_settings(self, model: str | None = None):
         llm = self.served_llm
@@ -178,9 +198,10 @@ class Container:
         from core.llm import build_chat_model
 
         key = model or ""
+        settings = self.llm_settings(model)  # first: a version switch drops the models built
         with self._lock:
             if key not in self._models:
-                self._models[key] = build_chat_model(self.llm_settings(model), self.ollama_hosts)
+                self._models[key] = build_chat_model(settings, self.ollama_hosts)
             return self._models[key]
 
     def loaded_model_tags(self) -> list[str]:
