@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from core.db import Store, insert_ignore
 from core.errors import BadRequest
-from core.schemas import Answer
+from core.schemas import Answer, normalize_question
 
 MAX_TEXT_CHARS = 20_000
 MAX_USER_CHARS = 200
@@ -67,6 +67,35 @@ feedback_t = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Index("feedback_answer_id", "answer_id"),
 )
+reviewed_t = sa.Table(
+    "reviewed_answers", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("collection", sa.Text, nullable=False),
+    sa.Column("question", sa.Text, nullable=False),
+    sa.Column("normalized", sa.Text, nullable=False),
+    sa.Column("answer", sa.Text, nullable=False),
+    sa.Column("answer_id", sa.Text, sa.ForeignKey("answers.id"), nullable=False),
+    sa.Column("feedback_id", sa.Integer, sa.ForeignKey("feedback.id"), nullable=False),
+    sa.Column("user", sa.Text),
+    sa.Column("created_at", sa.Text, nullable=False),
+    sa.Column("revoked_at", sa.Text),
+    sa.Column("revoked_by", sa.Text),
+    sa.Index("reviewed_by_collection", "collection", "revoked_at"),
+)
+
+
+class Reviewed(BaseModel):
+    """A correction kept as the answer to its question, for whoever asks it next."""
+
+    id: int
+    collection: str
+    question: str
+    answer: str
+    answer_id: str
+    user: str | None = None
+    created_at: datetime
+    revoked_at: str | None = None
+    revoked_by: str | None = None
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -172,6 +201,8 @@ class FeedbackStore(Store):
                     answer_id=answer_id, rating=rating, correction=correction, comment=comment,
                     user=user, created_at=created_at.isoformat()).returning(feedback_t.c.id)
             ).scalar_one()
+            if correction is not None:
+                self._review(db, answer_id, correction, new_id, user, created_at.isoformat())
         return Feedback(
             id=new_id,
             answer_id=answer_id,
@@ -181,6 +212,58 @@ class FeedbackStore(Store):
             user=user,
             created_at=created_at,
         )
+
+    @staticmethod
+    def _review(db: sa.Connection, answer_id: str, correction: str, feedback_id: int,
+                user: str | None, at: str) -> None:
+        """Keep the correction as the reviewed answer to the answer's (standalone) question; an
+        earlier one for the same question and collection gives way to it."""
+        a, r = answers_t, reviewed_t
+        row = db.execute(sa.select(a.c.collection, a.c.standalone_question)
+                         .where(a.c.id == answer_id)).one()
+        normalized = normalize_question(row.standalone_question)
+        new = db.execute(sa.insert(r).values(
+            collection=row.collection, question=row.standalone_question, normalized=normalized,
+            answer=correction, answer_id=answer_id, feedback_id=feedback_id, user=user,
+            created_at=at).returning(r.c.id)).scalar_one()
+        db.execute(sa.update(r).where(r.c.collection == row.collection,
+                                      r.c.normalized == normalized, r.c.id != new,
+                                      r.c.revoked_at.is_(None))
+                   .values(revoked_at=at, revoked_by=f"superseded by #{new}"))
+
+    def reviewed(self, collection: str | None = None, *, revoked: bool = False) -> list[Reviewed]:
+        """Reviewed answers, newest first; ``revoked`` includes the revoked and superseded."""
+        r = reviewed_t
+        query = sa.select(r).order_by(r.c.id.desc())
+        if collection is not None:
+            query = query.where(r.c.collection == collection)
+        if not revoked:
+            query = query.where(r.c.revoked_at.is_(None))
+        return [Reviewed.model_validate(dict(row._mapping)) for row in self.all(query)]
+
+    def reviewed_version(self, collection: str) -> tuple[int, int]:
+        """Changes whenever the collection's active reviewed answers do (a cache key)."""
+        r = reviewed_t
+        row = self.one(sa.select(sa.func.coalesce(sa.func.max(r.c.id), 0),
+                                 sa.func.count(r.c.revoked_at))
+                       .where(r.c.collection == collection))
+        return tuple(row)
+
+    def revoke_reviewed(self, reviewed_id: int, by: str | None = None) -> Reviewed:
+        """Stop serving a reviewed answer (an admin's call); it stays listed as revoked."""
+        r = reviewed_t
+        with self.transaction() as db:
+            done = db.execute(sa.update(r).where(r.c.id == reviewed_id, r.c.revoked_at.is_(None))
+                              .values(revoked_at=datetime.now(UTC).isoformat(),
+                                      revoked_by=by or "an admin")).rowcount
+            row = db.execute(sa.select(r).where(r.c.id == reviewed_id)).first()
+        if row is None:
+            raise BadRequest(f"No reviewed answer #{reviewed_id}",
+                             "see `localcat reviewed list` for their numbers")
+        if not done:
+            raise BadRequest(f"Reviewed answer #{reviewed_id} was already revoked "
+                             f"({row.revoked_by}, {row.revoked_at})", "nothing to do")
+        return Reviewed.model_validate(dict(row._mapping))
 
     # --- reads ------------------------------------------------------------------------------------
 
@@ -201,17 +284,21 @@ class FeedbackStore(Store):
                                    .where(g.c.answer_id == feedback_t.c.answer_id)
                                    .scalar_subquery())
 
-    def iter_feedback(self, latest_only: bool = False) -> Iterator[dict[str, Any]]:
+    def iter_feedback(self, latest_only: bool = False,
+                      user: str | None = None) -> Iterator[dict[str, Any]]:
         """Feedback rows oldest first, JSON-ready, each with its answer snapshot under ``"answer"``.
 
-        ``latest_only`` keeps one row per answer, its verdict. Rows are read a page at a time so a
-        slow consumer (the data-set builder) holds no read transaction open between pages.
+        ``latest_only`` keeps one row per answer, its verdict; ``user`` only that user's rows.
+        Rows are read a page at a time so a slow consumer (the data-set builder) holds no read
+        transaction open between pages.
         """
         f, a = feedback_t, answers_t
         columns = [*f.c, *(c.label(f"a_{c.name}") for c in a.c)]
         query = sa.select(*columns).join(a, a.c.id == f.c.answer_id)
         if latest_only:
             query = query.where(self._latest())
+        if user is not None:
+            query = query.where(f.c.user == user)
         last = 0
         while rows := self.all(query.where(f.c.id > last).order_by(f.c.id).limit(_PAGE)):
             for row in rows:

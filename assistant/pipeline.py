@@ -77,6 +77,7 @@ def citations_for(docs: list[Document]) -> list[Citation]:
             anchor=d.metadata.get("anchor"), snippet=_snippet(d.page_content),
             score=round(d.metadata["score"], 6),
             similarity=None if d.metadata.get("similarity") is None else round(d.metadata["similarity"], 4),
+            reviewed=bool(d.metadata.get("reviewed")),
         )
         for n, d in enumerate(docs, start=1)
     ]
@@ -99,8 +100,10 @@ class RagPipeline:
                  condense: bool = True, history_turns: int = 6,
                  translate_error: Callable[[BaseException], LocalCatError | None] | None = None,
                  on_answer: Callable[[Answer], None] | None = None,
-                 attributor: CitationAttributor | None = None):
+                 attributor: CitationAttributor | None = None,
+                 reviewed: Callable[[str], Document | None] | None = None):
         self.llm = llm
+        self.reviewed = reviewed
         self.attributor = attributor
         self.on_answer = on_answer
         self.translate_error = translate_error
@@ -139,6 +142,11 @@ class RagPipeline:
         msgs = history_messages(history, self.history_turns)
         standalone = self.standalone(question, msgs)
         docs = self.retriever.invoke(standalone)
+        # A user's correction to this very question goes first (and answers even when the
+        # documents hold nothing relevant).
+        hit = self.reviewed(standalone) if self.reviewed is not None else None
+        if hit is not None:
+            docs = [hit, *docs]
         citations = citations_for(docs)
         yield Sources(standalone, citations)
 

@@ -61,6 +61,10 @@ def format_context(docs: list[Document]) -> str:
     parts = []
     for n, doc in enumerate(docs, start=1):
         m = doc.metadata
+        if m.get("reviewed"):  # a person checked this answer to this question: the model should lean on it
+            parts.append(defuse(f"[{n}] (reviewed answer to \"{m.get('question', '')}\", "
+                                f"{m['source']}; prefer it)\n{doc.page_content.strip()}"))
+            continue
         where = m.get("source", "?").rsplit("/", 1)[-1]
         if m.get("page"):
             where += f", page {m['page']}"

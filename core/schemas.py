@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Literal
@@ -48,6 +49,9 @@ class Citation(BaseModel):
     score: float = Field(description="Fused reciprocal-rank score.")
     similarity: float | None = Field(None, description="Cosine similarity of the dense match.")
     cited: bool = Field(False, description="The answer text refers to this source as [n].")
+    reviewed: bool = Field(
+        False, description="A user's correction to this question (``source`` says when), not a "
+        "document chunk.")
     sentences: list[int] = Field(
         default_factory=list,
         description="Which answer sentences cite this source (indices into Answer.sentences).",
@@ -87,6 +91,14 @@ class SentenceAttribution(BaseModel):
     )
     score: float = Field(0.0, description="Support score of the best-matching shown chunk.")
     supported: bool = Field(description="A shown chunk supports it; False flags the sentence.")
+
+
+_WORD = re.compile(r"\w+")
+
+
+def normalize_question(text: str) -> str:
+    """Lowercase words only: "How do I X?" and "how do i x" are the same question."""
+    return " ".join(_WORD.findall(text.casefold()))
 
 
 def new_answer_id() -> str:

@@ -138,6 +138,13 @@ class RetrievalSettings(BaseModel):
         "with the collection. With min_similarity 0.3: 0 % of FAQ and 1 % of identifier questions "
         "told 'nothing found', 6.7 % of off-topic ones still retrieve (BENCHMARKS.md).",
     )
+    reviewed: bool = Field(
+        True, description="A question that means the same as one a user corrected gets that "
+        "correction first among its sources (`localcat reviewed list|revoke`).")
+    reviewed_min_similarity: float = Field(
+        0.675, description="Cosine between a question and a corrected one from which they mean the "
+        "same (besides the same words). Depends on the embedder (set for MiniLM-L6 on "
+        "hand-written paraphrases: BENCHMARKS.md).")
     bm25_sync_s: float = Field(
         1.0, ge=0,
         description="How often a search asks the database whether its collection changed (then "

@@ -221,4 +221,24 @@ class Container:
                            history_turns=p.history_turns,
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
                            on_answer=self.feedback.record_answer if record else None,
-                           attributor=self.attributor)
+                           attributor=self.attributor, reviewed=self._reviewed_for(retriever))
+
+    @cached_property
+    def reviewed(self):
+        """Users' corrections, matched to new questions that mean the same."""
+        from assistant.reviewed import ReviewedMatcher
+
+        return ReviewedMatcher(self.feedback, self.settings.retrieval.reviewed_min_similarity)
+
+    def _reviewed_for(self, retriever):
+        # No feedback file yet: nothing was corrected, and reading must not create one.
+        if not self.settings.retrieval.reviewed or (
+                self.database is None and not self.settings.feedback_db.is_file()):
+            return None
+        matcher, name, embeddings = self.reviewed, retriever.collection, retriever.embeddings
+
+        def lookup(question: str):
+            match = matcher.match(name, question, embeddings)
+            return match.document() if match else None
+
+        return lookup

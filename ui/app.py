@@ -59,8 +59,9 @@ def sources_footer(citations: list[Citation], collection: str) -> str:
         name = Path(c.source).name.replace("[", "(").replace("]", ")")
         place = c.place
         mark = f" · ✓ cited by {_which(c.sentences)}" if c.sentences else " · ✓ cited" if c.cited else ""
-        lines.append(f"{c.n}. [{name}]({source_url(collection, c.chunk_id)})"
-                     f"{' — ' + place if place else ''} · score {c.score:.4f}{mark}")
+        # A reviewed answer is a user's correction, not a file: nothing to link to.
+        title = f"✎ {name}" if c.reviewed else f"[{name}]({source_url(collection, c.chunk_id)})"
+        lines.append(f"{c.n}. {title}{' — ' + place if place else ''} · score {c.score:.4f}{mark}")
     return "\n".join(lines)
 
 
@@ -83,8 +84,9 @@ def sources_html(citations: list[Citation], collection: str, answer_id: str = ""
         cards.append(
             f"<div class='lc-source' id='{card_id(answer_id, c.n)}' data-n='{c.n}'>"
             f"<div class='lc-head'><b>[{c.n}]</b> "
-            f"<a href='{esc(source_url(collection, c.chunk_id))}' target='_blank' "
-            f"title='{esc(c.source)}'>{esc(name)}</a>"
+            + (f"<i title='a reviewed answer'>✎ {esc(c.source)}</i>" if c.reviewed else
+               f"<a href='{esc(source_url(collection, c.chunk_id))}' target='_blank' "
+               f"title='{esc(c.source)}'>{esc(name)}</a>") +
             f"{' — ' + esc(place) if place else ''}{cited}</div>"
             f"<div class='lc-score'>score {c.score:.4f}{sim}</div>"
             f"<div class='lc-snippet'>{esc(c.snippet)}</div></div>"

@@ -119,9 +119,9 @@ def test_a_failed_revision_leaves_nothing_behind(postgres_url: str, tmp_path: Pa
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "feedback" / "0002_broken.py").write_text(
+    (migrations / "feedback" / "0099_broken.py").write_text(
         'import sqlalchemy as sa\nfrom alembic import op\n\n'
-        'revision = "feedback_0002"\ndown_revision = "feedback_0001"\n'
+        f'revision = "feedback_0099"\ndown_revision = "{head("feedback")}"\n'
         'branch_labels = None\ndepends_on = None\n\n\n'
         'def upgrade():\n    op.create_table("half_done", sa.Column("x", sa.Integer))\n'
         '    raise RuntimeError("boom")\n')

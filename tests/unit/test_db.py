@@ -81,16 +81,16 @@ def test_a_file_from_a_newer_localcat_is_refused(tmp_path: Path) -> None:
     legacy_file(legacy, "feedback", 1)
     with closing(sqlite3.connect(legacy)) as db:
         db.execute("PRAGMA user_version = 7")
-    with pytest.raises(StoreUnavailable, match="knows only up to 1"):
+    with pytest.raises(StoreUnavailable, match="has schema version 7; this LocalCat knows only up to"):
         FeedbackStore(legacy).stats()
 
 
 def test_a_failed_revision_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     migrations = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "feedback" / "0002_broken.py").write_text(
+    (migrations / "feedback" / "0099_broken.py").write_text(
         'import sqlalchemy as sa\nfrom alembic import op\n\n'
-        'revision = "feedback_0002"\ndown_revision = "feedback_0001"\n'
+        f'revision = "feedback_0099"\ndown_revision = "{head("feedback")}"\n'
         'branch_labels = None\ndepends_on = None\n\n\n'
         'def upgrade():\n    op.create_table("half_done", sa.Column("x", sa.Integer))\n'
         '    raise RuntimeError("boom")\n')
