@@ -465,5 +465,10 @@ class Settings(BaseSettings):
         return self.data_dir / "feedback.sqlite"
 
     @property
+    def auth_db(self) -> Path:
+        """SQLite: API keys (their hashes) and the audit log."""
+        return self.data_dir / "auth.sqlite"
+
+    @property
     def models_dir(self) -> Path:
         return self.data_dir / "models"

@@ -120,6 +120,13 @@ class Container:
         return FeedbackStore(self._database(self.settings.feedback_db))
 
     @cached_property
+    def keys(self):
+        """API keys with roles, and the audit log (core/keystore.py)."""
+        from core.keystore import KeyStore
+
+        return KeyStore(self._database(self.settings.auth_db))
+
+    @cached_property
     def attributor(self):
         """Checks the [n] marks of answers with the configured embedder. Its thresholds were
         measured with MiniLM: other embedders (e5's cosines sit higher; 'fake' hashes mean

@@ -16,10 +16,12 @@ from assistant.feedback import FeedbackStore
 from core.chunkstore import ChunkStore
 from core.db import MIGRATIONS_DIR, Database, head, version_table
 from core.errors import StoreUnavailable
+from core.keystore import KeyStore
 from finetune.registry import ModelRegistry
 from tests.fixtures.legacy import legacy_file
 
-STORES = {"chunks": ChunkStore, "feedback": FeedbackStore, "models": ModelRegistry}
+STORES = {"chunks": ChunkStore, "feedback": FeedbackStore, "models": ModelRegistry,
+          "auth": KeyStore}
 
 
 def schema_drift(database: Database, store: str) -> list:
@@ -29,10 +31,11 @@ def schema_drift(database: Database, store: str) -> list:
 
     import assistant.feedback
     import core.chunkstore
+    import core.keystore
     import finetune.registry
 
     metadata = {"chunks": core.chunkstore.metadata, "feedback": assistant.feedback.metadata,
-                "models": finetune.registry.metadata}[store]
+                "models": finetune.registry.metadata, "auth": core.keystore.metadata}[store]
     with database.engine.connect() as conn:
         # Only this store's tables: on a shared database the others' are not drift.
         ctx = MigrationContext.configure(conn, opts={
@@ -110,4 +113,4 @@ def test_several_stores_share_one_database(tmp_path: Path) -> None:
             pass
     with closing(sqlite3.connect(tmp_path / "all.sqlite")) as db:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert {version_table(s) for s in STORES} | {"chunks", "answers", "versions"} <= tables
+    assert {version_table(s) for s in STORES} | {"chunks", "answers", "versions", "api_keys"} <= tables
