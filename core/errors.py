@@ -59,3 +59,20 @@ class BadFile(LocalCatError):
 
 class BadRequest(LocalCatError):
     status = 400
+
+
+class Busy(LocalCatError):
+    """Too much work queued already; ``retry_after`` (seconds) goes out as HTTP Retry-After."""
+
+    status = 429
+
+    def __init__(self, problem: str, fix: str | None = None, *, retry_after: int = 5):
+        super().__init__(problem, fix)
+        self.retry_after = retry_after
+
+
+class Cancelled(LocalCatError):
+    """Work stopped before it finished because the process is stopping; what it had written
+    is whole, and running it again finishes the rest."""
+
+    status = 503

@@ -276,6 +276,14 @@ class ServerSettings(BaseModel):
         default_factory=list, description="Bearer keys; when set every endpoint but /health needs one."
     )
     max_upload_mb: float = Field(50, gt=0, description="Largest file accepted by /api/ingest.")
+    max_concurrent_ingests: int = Field(
+        2, ge=1, description="Uploads (/api/ingest) ingested at once; more wait in the queue.")
+    ingest_queue: int = Field(
+        8, ge=0, description="Uploads that may wait for a free ingest; past that /api/ingest "
+        "answers 429 with Retry-After.")
+    shutdown_timeout_s: float = Field(
+        3, ge=0, description="After SIGTERM, how long requests in flight may finish (running "
+        "ingests are cancelled at once; their uploads are finished at the next start).")
     ui: bool = Field(True, description="Mount the Gradio chat page at /ui.")
 
 

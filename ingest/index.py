@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -24,7 +25,7 @@ from langchain_core.embeddings import Embeddings
 from core.bm25 import BM25Index
 from core.chroma import VectorStore
 from core.chunkstore import ChunkStore, EmbedderChanged, check_collection_name
-from core.errors import BadFile
+from core.errors import BadFile, Cancelled
 from core.schemas import Chunk, FileResult, IngestReport
 from core.settings import Settings
 from ingest.loaders import iter_files
@@ -32,6 +33,10 @@ from ingest.parse import Parser
 
 # Files are embedded and written together until their chunks reach this.
 _EMBED_BATCH = 256
+# A cancellable ingest (a server's) encodes this many chunks between checks: 64 took 4 s with
+# both cores busy parsing zip bombs, too long for a server that must stop within 5 s; 8 take
+# under 1 s, and 96 chunks encoded 8 at a time were no slower than in one call.
+_CANCEL_EVERY = 8
 
 
 @dataclass
@@ -94,7 +99,12 @@ class Indexer:
         *,
         prune: bool = True,
         progress: Progress | None = None,
+        cancel: threading.Event | None = None,
     ) -> IngestReport:
+        """Ingest files and folders; with ``cancel``, ``Cancelled`` soon after it is set.
+
+        A cancelled run stops between files or embedding slices (a running parse is killed);
+        what it wrote is whole and a later run of the same paths finishes the rest."""
         progress = progress or Progress()
         started = time.perf_counter()
         self._collection(collection)
@@ -125,7 +135,7 @@ class Indexer:
             progress.on_file_done(result)
 
         def write(files: list[_Prepared]) -> None:
-            results = self._write(files, collection)
+            results = self._write(files, collection, cancel)
             progress.on_chunks(sum(r.chunks for r in results if r.status != "failed"))
             for result in results:
                 done(result)
@@ -134,7 +144,7 @@ class Indexer:
             nonlocal batch
             path, digest, existed, future = parsing.popleft()
             try:
-                chunks = self.parser.result(future)
+                chunks = self.parser.result(future, cancel)
             except BadFile as exc:
                 done(FileResult(path=str(path), status="failed", reason=str(exc)))
                 return
@@ -143,19 +153,24 @@ class Indexer:
                 write(batch)
                 batch = []
 
-        for path, problem in found:
-            seen.add(str(path))
-            checked = (FileResult(path=str(path), status="failed", reason=problem) if problem
-                       else self._check(path, collection))
-            if isinstance(checked, FileResult):
-                done(checked)
-                continue
-            parsing.append((path, *checked, self.parser.submit(path, checked[0])))
-            while len(parsing) > window:
+        try:
+            for path, problem in found:
+                _check_cancel(cancel)
+                seen.add(str(path))
+                checked = (FileResult(path=str(path), status="failed", reason=problem) if problem
+                           else self._check(path, collection))
+                if isinstance(checked, FileResult):
+                    done(checked)
+                    continue
+                parsing.append((path, *checked, self.parser.submit(path, checked[0])))
+                while len(parsing) > window:
+                    take_parsed()
+            while parsing:
                 take_parsed()
-        while parsing:
-            take_parsed()
-        write(batch)
+            write(batch)
+        finally:
+            for *_, future in parsing:  # left by an error or a cancel: don't let them run on
+                future.cancel()
 
         if prune:
             folders = [p for p in paths if p.is_dir()]
@@ -182,7 +197,8 @@ class Indexer:
             return FileResult(path=key, status="skipped", chunks=old.chunks)
         return digest, old is not None
 
-    def _write(self, batch: list[_Prepared], collection: str) -> list[FileResult]:
+    def _write(self, batch: list[_Prepared], collection: str,
+               cancel: threading.Event | None = None) -> list[FileResult]:
         """Embed several files' chunks in one call and write them with few Chroma calls.
 
         One encode and one add per batch instead of per file: a Chroma add costs ~40 ms whatever
@@ -193,19 +209,19 @@ class Indexer:
         texts = [c.text for p in batch for c in p.chunks]
         embedder = self.embedders(collection)
         try:
-            vectors = embedder.encode(texts)
+            vectors = _encode(embedder, texts, cancel)
         except (ValueError, MemoryError, RuntimeError) as exc:
             if len(batch) == 1:
                 reason = f"cannot embed: {type(exc).__name__}: {exc}"
                 return [FileResult(path=batch[0].key, status="failed", reason=reason)]
             # Find the file that breaks the encoder and let the others through.
-            return [r for p in batch for r in self._write([p], collection)]
+            return [r for p in batch for r in self._write([p], collection, cancel)]
         config = self.config_key(collection)
         try:
             for p in batch:
                 self.store.mark_pending(collection, p.key, p.digest, config, embedder.name)
         except EmbedderChanged:  # a learned retrieval version is served now: embed with it
-            return self._write(batch, collection)
+            return self._write(batch, collection, cancel)
         self.vectors.delete_sources(collection, [p.key for p in batch])
         self.vectors.upsert(collection, [c for p in batch for c in p.chunks], vectors)
         results = []
@@ -256,3 +272,22 @@ class Indexer:
         shutil.rmtree(self.settings.learned_dir / collection, ignore_errors=True)  # and models
         self.bm25.drop(collection)
 
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("Ingest stopped: the process is stopping")
+
+
+def _encode(embedder, texts: list[str], cancel: threading.Event | None):
+    """All texts in one call, or in slices with a cancel check between them (the last check
+    is before any write, so a cancelled batch leaves nothing behind)."""
+    if cancel is None:
+        return embedder.encode(texts)
+    import numpy as np
+
+    parts = []
+    for i in range(0, len(texts), _CANCEL_EVERY):
+        _check_cancel(cancel)
+        parts.append(embedder.encode(texts[i:i + _CANCEL_EVERY]))
+    _check_cancel(cancel)
+    return np.concatenate(parts) if parts else embedder.encode(texts)

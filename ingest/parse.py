@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections import Counter
-from concurrent.futures import Future, TimeoutError
+from concurrent.futures import Future, TimeoutError, wait
 from pathlib import Path
 
-from core.errors import BadFile
+from core.errors import BadFile, Cancelled
 from core.schemas import Chunk, chunk_id
 from core.settings import ChunkingSettings, IngestSettings
 from ingest.chunking import chunk_sections
@@ -77,10 +78,15 @@ def _over_memory(ing: IngestSettings) -> str:
 
 def _init_worker(megabytes: int, verbose: bool) -> None:
     import resource
+    import signal
 
     from core.logs import quiet_third_party
 
     quiet_third_party(verbose)
+    # pebble's SIGTERM handler is Python code, which cannot run while a parse sits in one C call
+    # (zlib inflating a bomb, lxml): stopping the pool then waited 3 s per worker for its SIGKILL,
+    # too long for a server that must exit within 5 s. The worker holds nothing to clean up.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     limit = megabytes * 2**20
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -129,12 +135,20 @@ class Parser:
             self.close()
             return self._start().schedule(_in_worker, args=args, timeout=self.ingest.parse_timeout_s)
 
-    def result(self, future: Future) -> list[Chunk]:
-        """The file's chunks, or ``BadFile`` saying which limit it broke."""
+    def result(self, future: Future, cancel: threading.Event | None = None) -> list[Chunk]:
+        """The file's chunks, or ``BadFile`` saying which limit it broke.
+
+        With ``cancel``: once it is set, ``Cancelled`` within a tenth of a second, and the parse
+        is stopped (pebble kills the worker running it) rather than left to its timeout."""
         from concurrent.futures.process import BrokenProcessPool
 
         from pebble import ProcessExpired
 
+        if cancel is not None:
+            while not wait([future], timeout=0.1).done:
+                if cancel.is_set():
+                    future.cancel()
+                    raise Cancelled("Parsing stopped: the process is stopping")
         try:
             out = future.result()
         except TimeoutError:

@@ -242,15 +242,17 @@ def serve(host: str | None, port: int | None, workers: int, no_ui: bool) -> None
     if workers > 1 and not s.chroma.url:
         raise ConfigError("Several workers cannot share the embedded Chroma store",
                           "run `chroma run` and set LOCALCAT_CHROMA__URL, or use --workers 1")
-    from localcat.server import create_app
+    from localcat.server import create_app, run
 
     app = create_app()  # fails fast on bad settings (e.g. no API keys off loopback)
     click.echo(f"LocalCat on http://{host}:{port}/  (API docs at /docs)", err=True)
     if workers == 1:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        run(app, host=host, port=port)
     else:
+        # Each worker cancels its ingests at lifespan shutdown, after the grace period.
         uvicorn.run("localcat.server:app_factory", factory=True, host=host, port=port,
-                    workers=workers, log_level="info")
+                    workers=workers, log_level="info",
+                    timeout_graceful_shutdown=s.server.shutdown_timeout_s)
 
 
 @main.command()

@@ -26,7 +26,7 @@ from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
-from core.errors import BadRequest, ConfigError, LocalCatError
+from core.errors import BadRequest, Busy, ConfigError, LocalCatError
 from core.schemas import Message, new_answer_id
 from localcat.container import Container
 from localcat.openai_schemas import (
@@ -43,6 +43,7 @@ from localcat.openai_schemas import (
     ModelList,
     Usage,
 )
+from localcat.uploads import IngestQueue, Journal, ingest_upload, resume
 
 log = logging.getLogger("localcat.server")
 
@@ -106,9 +107,14 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
             "set LOCALCAT_SERVER__API_KEYS='[\"a-long-secret\"]' or bind 127.0.0.1",
         )
 
-    app = FastAPI(title="LocalCat", version="0.1.0", lifespan=_watching(c),
+    # Uploads wait their turn here (localcat/uploads.py); the journal outlives a restart.
+    ingests = IngestQueue(settings.server.max_concurrent_ingests, settings.server.ingest_queue)
+    journal = Journal(settings.data_dir / "uploads" / ".unfinished")
+    app = FastAPI(title="LocalCat", version="0.1.0",
+                  lifespan=_lifespan(c, ingests, journal, owns_container=container is None),
                   description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
     app.state.container = c
+    app.state.ingests = ingests
     if keys:
         @app.middleware("http")
         async def require_key(request: Request, call_next):
@@ -124,7 +130,10 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     @app.exception_handler(LocalCatError)
     async def _localcat_error(request: Request, exc: LocalCatError):
-        return _error(exc.status, str(exc), type(exc).__name__)
+        resp = _error(exc.status, str(exc), type(exc).__name__)
+        if isinstance(exc, Busy):
+            resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
@@ -179,10 +188,23 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         name = check_collection_name(collection or settings.chroma.collection)
         limit = int(settings.server.max_upload_mb * 1024 * 1024)
         folder = settings.data_dir / "uploads" / name
-        folder.mkdir(parents=True, exist_ok=True)
-        saved = [_save_upload(f, folder, limit) for f in files]
-        report = c.indexer.ingest(saved, name, prune=False)
+
+        def save() -> list[Path]:
+            folder.mkdir(parents=True, exist_ok=True)
+            return [_save_upload(f, folder, limit) for f in files]
+
+        # 429 when the queue is full; 503 when the server stops before it is done (the files
+        # are kept and ingested at the next start).
+        report = ingest_upload(ingests, journal, name, save, lambda paths, cancel: c.indexer.ingest(
+            paths, name, prune=False, cancel=cancel))
         return {**report.model_dump(mode="json"), "summary": report.summary()}
+
+    @app.get("/api/ingest/queue")
+    def ingest_queue():
+        """Uploads being ingested and waiting, and the limits (server.max_concurrent_ingests,
+        server.ingest_queue)."""
+        return ingests.status()
+
 
     @app.get("/api/collections")
     def collections():
@@ -394,16 +416,56 @@ def app_factory() -> FastAPI:
     return create_app()
 
 
-def _watching(c: Container):
-    """Lifespan: follow settings' ingest.watch folders while the server runs (ingest/watch.py)."""
+_SETTLE_S = 1.0
+"""How long the lifespan's end waits for cancelled ingests (SIGTERM to exit must stay under 5 s)."""
+
+
+def _lifespan(c: Container, ingests: IngestQueue, journal: Journal, *, owns_container: bool):
+    """Follow settings' ingest.watch folders (ingest/watch.py) and finish the uploads an earlier
+    run left unfinished while the server runs; on the way out, cancel what is still ingesting."""
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from ingest.watch import start_watchers, stop_all
 
         watchers = (await asyncio.to_thread(start_watchers, c.indexer, c.settings)
                     if c.settings.ingest.watch else [])
+        resuming = threading.Thread(
+            target=resume, name="localcat-resume-uploads", daemon=True,
+            args=(ingests, journal, lambda paths, name, cancel: c.indexer.ingest(
+                paths, name, prune=False, cancel=cancel)))
+        resuming.start()
         try:
             yield
         finally:
+            ingests.close()
             await asyncio.to_thread(stop_all, watchers)
+            # Cancelled ingests stop at their next check (a file, or 8 chunks embedded): wait a
+            # moment for them, not for ever; one still running is cut off like a crash, which the
+            # chunk store's pending rows and the upload journal repair at the next start.
+            await asyncio.to_thread(resuming.join, _SETTLE_S)
+            await asyncio.to_thread(ingests.wait_idle, _SETTLE_S)
+            if owns_container:  # parse workers, an embedder's engine process
+                await asyncio.to_thread(c.close)
     return lifespan
+
+
+def run(app: FastAPI, *, host: str, port: int) -> None:
+    """Serve ``app`` in this process with uvicorn until SIGTERM or Ctrl-C.
+
+    The signal cancels running ingests at once: uvicorn tells the app only at lifespan shutdown,
+    after requests in flight have finished, and an upload's ingest can take minutes (one hostile
+    file up to ingest.parse_timeout_s). Other requests get server.shutdown_timeout_s to finish.
+    """
+    import uvicorn
+
+    ingests: IngestQueue = app.state.ingests
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # From a thread: the signal handler may have interrupted code holding the queue's lock.
+            threading.Thread(target=ingests.close, name="localcat-cancel-ingests").start()
+            super().handle_exit(sig, frame)
+
+    settings = app.state.container.settings
+    Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                          timeout_graceful_shutdown=settings.server.shutdown_timeout_s)).run()

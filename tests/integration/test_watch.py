@@ -180,7 +180,8 @@ def test_stopping_mid_batch_leaves_a_store_the_next_start_completes(fake, tmp_pa
     # Slow parsing down so stop() lands inside the batch whatever the machine's speed: the
     # indexer writes every 256 chunks (one per file here), ~2.6 s apart at 10 ms a file.
     result = fake.indexer.parser.result
-    fake.indexer.parser.result = lambda future: (time.sleep(0.01), result(future))[1]
+    fake.indexer.parser.result = lambda future, cancel=None: (time.sleep(0.01),
+                                                             result(future, cancel))[1]
     with Watcher(fake.indexer, [folder], "many") as w:
         assert w.ready.wait(WAIT_S)
         for i in range(600):
