@@ -109,6 +109,10 @@ class IngestSettings(BaseModel):
         "in localcat.toml: [[ingest.watch]] path = '~/handbook' collection = 'handbook'.")
     watch_quiet_s: float = Field(
         1.0, gt=0, description="A watched change is ingested once its folder is quiet this long.")
+    watch_rescan_s: float = Field(
+        300, ge=0, description="A watched folder is also rescanned this often (changed files "
+        "re-ingested, deleted ones removed), for changes whose events were lost (an inotify "
+        "queue overflow, a network file system); 0: only at start.")
 
 
 class RetrievalSettings(BaseModel):

@@ -152,15 +152,19 @@ def delete_collection(name: str) -> None:
 @click.option("--quiet-s", type=float, default=None,
               help="Seconds a folder must be quiet before its changes are ingested "
                    "(default: settings' ingest.watch_quiet_s).")
+@click.option("--rescan-s", type=float, default=None,
+              help="Seconds between full rescans, for changes whose events were lost; 0: only at "
+                   "start (default: settings' ingest.watch_rescan_s).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per batch on stdout.")
 def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None,
-          as_json: bool) -> None:
+          rescan_s: float | None, as_json: bool) -> None:
     """Keep a collection in step with folders: ingest files as they are added, changed, renamed
     or deleted, until Ctrl-C.
 
     Starts with a full re-ingest of the folders (unchanged files are skipped by content hash), so
-    changes made while nothing watched are caught too. Bursts of changes are ingested together
-    once the folders have been quiet for a moment. One line per batch on stderr.
+    changes made while nothing watched are caught too, and repeats it every few minutes for
+    changes whose file events were lost. Bursts of changes are ingested together once the folders
+    have been quiet for a moment. One line per batch on stderr.
 
     Example: localcat watch ~/handbook --collection handbook
     """
@@ -195,7 +199,8 @@ def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None
         raise KeyboardInterrupt
 
     watcher = Watcher(c.indexer, paths, name, on_batch=on_batch,
-                      quiet_s=quiet_s or c.settings.ingest.watch_quiet_s)
+                      quiet_s=quiet_s or c.settings.ingest.watch_quiet_s,
+                      rescan_s=c.settings.ingest.watch_rescan_s if rescan_s is None else rescan_s)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         with watcher:

@@ -1,11 +1,16 @@
 """Follow folders: file events → debounced batches → the same incremental ingest.
 
 A Watcher starts with one full ingest of its folders (prune on), so what changed while nothing
-was watching is caught, then follows watchdog's events. Events only name paths; what to do with a
-path is decided when its batch runs, from the disk: a path that exists is ingested (the content
-hash skips what did not change), one that is gone is removed with every file ingested under it.
-So any order of create / modify / rename / delete within a batch ends in the right state, and a
-burst of writes becomes one ``Indexer.ingest`` call once the folder has been quiet for a moment.
+was watching is caught, then follows watchdog's events, and repeats the full ingest every
+``rescan_s`` for changes whose events were lost: inotify drops events when its queue overflows
+(a big copy, ``fs.inotify.max_queued_events``), and network file systems send none for changes
+made on other machines. A rescan of unchanged files only hashes them.
+
+Events only name paths; what to do with a path is decided when its batch runs, from the disk: a
+path that exists is ingested (the content hash skips what did not change), one that is gone is
+removed with every file ingested under it. So any order of create / modify / rename / delete
+within a batch ends in the right state, and a burst of writes becomes one ``Indexer.ingest`` call
+once the folder has been quiet for a moment.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from core.chunkstore import check_collection_name
-from core.errors import BadRequest, ConfigError, LocalCatError, StoreUnavailable
+from core.errors import BadRequest, Cancelled, ConfigError, LocalCatError, StoreUnavailable
 from core.schemas import FileResult, IngestReport
 from core.settings import Settings
-from ingest.index import Indexer, Progress
+from ingest.index import Indexer
 from ingest.loaders import SUPPORTED_SUFFIXES
 
 log = logging.getLogger("localcat.watch")
@@ -31,18 +36,17 @@ QUIET_S = 1.0
 """A batch runs once no event came for this long (editors save in several writes)."""
 MAX_DELAY_S = 10.0
 """...or this long after its first event, so a folder that never goes quiet is still ingested."""
+RESCAN_S = 300.0
+"""A full rescan this often catches changes whose events were lost (ingest.watch_rescan_s)."""
 _RETRY_S = (1, 2, 5, 10, 30, 60)  # waits after an unreachable Chroma server, then 60 s each
 
 OnBatch = Callable[[IngestReport, bool], None]
-"""Called after each batch with its report and whether it was the start-up rescan."""
+"""Called after each batch with its report and whether it was a rescan (at start, then every
+``rescan_s``)."""
 
 
 class AlreadyWatched(ConfigError):
     """Another watcher (maybe in another process) follows this collection."""
-
-
-class _Stopped(Exception):
-    """Raised from the progress callback to end a batch early when the watcher stops."""
 
 
 class Watcher:
@@ -56,7 +60,7 @@ class Watcher:
 
     def __init__(self, indexer: Indexer, folders: Iterable[Path], collection: str, *,
                  quiet_s: float = QUIET_S, max_delay_s: float = MAX_DELAY_S,
-                 on_batch: OnBatch | None = None):
+                 rescan_s: float = RESCAN_S, on_batch: OnBatch | None = None):
         self.indexer = indexer
         self.collection = check_collection_name(collection)
         self.folders = sorted({Path(f).expanduser().resolve() for f in folders})
@@ -68,6 +72,8 @@ class Watcher:
                                  "watch the folder that holds it, or ingest it with `localcat ingest`")
         self.quiet_s = quiet_s
         self.max_delay_s = max(max_delay_s, quiet_s)
+        self.rescan_s = rescan_s
+        """Seconds from the end of one rescan to the next; 0: only the start-up rescan."""
         self.on_batch = on_batch or (lambda report, rescan: None)
         self.batches = 0
         """Batches run so far, the start-up rescan included."""
@@ -80,7 +86,9 @@ class Watcher:
         self._pending: set[str] = set()
         self._first = self._last = 0.0
         self._rescan = True
+        self._next_rescan: float | None = None  # monotonic time of the next periodic rescan
         self._stopping = False
+        self._cancel = threading.Event()  # ends a batch under way (ingest/index.py checks it)
         self._observer = None
         self._thread: threading.Thread | None = None
         self._lock_file = None
@@ -119,9 +127,9 @@ class Watcher:
         return self
 
     def stop(self, timeout: float | None = 60) -> None:
-        """Stop watching. A batch under way ends after its next write (files are written in
-        groups of up to 256 chunks, each whole or not at all); what it had not written yet is
-        caught by the next start's rescan."""
+        """Stop watching. A batch under way ends at its next file or embedding slice (what it
+        wrote is whole: files are written in groups, each whole or not at all); what it had not
+        written yet is caught by the next start's rescan."""
         self.request_stop()
         if self._observer is not None:
             self._observer.stop()
@@ -134,6 +142,7 @@ class Watcher:
         """Ask the watcher to stop without waiting for it (``stop()`` waits)."""
         with self._cond:
             self._stopping = True
+            self._cancel.set()
             self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -213,7 +222,8 @@ class Watcher:
                         self._cond.wait(self._until_due())
                     if self._stopping:
                         return
-                    rescan, paths = self._rescan, self._pending
+                    # A periodic rescan that falls due covers the batch of events too.
+                    rescan, paths = self._rescan or self._rescan_due(), self._pending
                     self._rescan, self._pending = False, set()
                 try:
                     report = self._rescan_all() if rescan else self._apply(paths)
@@ -229,10 +239,13 @@ class Watcher:
                     continue
                 retry = 0
                 self.batches += 1
+                if rescan and self.rescan_s > 0:
+                    with self._cond:
+                        self._next_rescan = time.monotonic() + self.rescan_s
                 self.on_batch(report, rescan)
                 if rescan:
                     self.ready.set()
-        except _Stopped:
+        except Cancelled:  # stop() during a batch
             pass
         except BaseException as exc:
             self.error = exc
@@ -247,27 +260,25 @@ class Watcher:
         if self._rescan:
             return True
         if not self._pending:
-            return False
+            return self._rescan_due()
+        # Events wait for their quiet period even when a rescan is due: files being written
+        # would only be hashed half-way.
         now = time.monotonic()
         return now - self._last >= self.quiet_s or now - self._first >= self.max_delay_s
 
-    def _until_due(self) -> float | None:
-        if not self._pending:
-            return None
-        return max(0.0, min(self._last + self.quiet_s, self._first + self.max_delay_s)
-                   - time.monotonic())
+    def _rescan_due(self) -> bool:
+        return self._next_rescan is not None and time.monotonic() >= self._next_rescan
 
-    def _progress(self) -> Progress:
-        def check(_result: FileResult) -> None:
-            # Results are reported as their files are written, each whole (ingest/index.py), so
-            # leaving here loses nothing written; the rest is redone by the next rescan.
-            if self._stopping:
-                raise _Stopped
-        return Progress(on_file_done=check)
+    def _until_due(self) -> float | None:
+        now = time.monotonic()
+        if self._pending:
+            return max(0.0, min(self._last + self.quiet_s, self._first + self.max_delay_s) - now)
+        if self._next_rescan is not None:
+            return max(0.0, self._next_rescan - now)
+        return None
 
     def _rescan_all(self) -> IngestReport:
-        return self.indexer.ingest(self.folders, self.collection, prune=True,
-                                   progress=self._progress())
+        return self.indexer.ingest(self.folders, self.collection, prune=True, cancel=self._cancel)
 
     def _apply(self, paths: set[str]) -> IngestReport:
         """One ingest for what exists, one remove for what is gone (files, or whole folders)."""
@@ -287,7 +298,7 @@ class Watcher:
             folders = {Path(p) for p in present if os.path.isdir(p)}
             named = [Path(p) for p in present if not _under(Path(p).parent, folders)]
             files += self.indexer.ingest(named, self.collection, prune=False,
-                                         progress=self._progress()).files
+                                         cancel=self._cancel).files
         return IngestReport(collection=self.collection, files=files,
                             seconds=time.perf_counter() - started)
 
@@ -323,7 +334,8 @@ def start_watchers(indexer: Indexer, settings: Settings) -> list[Watcher]:
     watchers: list[Watcher] = []
     try:
         for collection, folders in by_collection.items():
-            w = Watcher(indexer, folders, collection, quiet_s=settings.ingest.watch_quiet_s)
+            w = Watcher(indexer, folders, collection, quiet_s=settings.ingest.watch_quiet_s,
+                        rescan_s=settings.ingest.watch_rescan_s)
             try:
                 watchers.append(w.start())
             except AlreadyWatched as exc:

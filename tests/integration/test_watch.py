@@ -201,6 +201,26 @@ def test_stopping_mid_batch_leaves_a_store_the_next_start_completes(fake, tmp_pa
     assert consistent(fake, "many")
 
 
+def test_a_periodic_rescan_catches_changes_whose_events_were_lost(fake, folder):
+    """As after an inotify queue overflow: no event reaches the watcher, yet the next rescan
+    adds, updates and removes what changed."""
+    rec = Recorder()
+    with Watcher(fake.indexer, [folder], "lost", rescan_s=4, on_batch=rec) as w:
+        assert w.ready.wait(WAIT_S) and w.error is None
+        w.touch = lambda paths: None  # every event from now on is lost
+        (folder / "new.md").write_text("Written while events were lost.\n")
+        (folder / "it.txt").write_text("The helpdesk moved to extension 5550.\n")
+        (folder / "leave.md").unlink()
+        time.sleep(1.5)  # past the quiet period: an event would have been ingested by now
+        assert not in_step(fake, "lost", folder)()
+        wait_for(in_step(fake, "lost", folder), "the periodic rescan")
+    assert w.error is None
+    assert [rescan for _, rescan in rec.reports] == [True, True]  # start-up, then periodic
+    assert rec.reports[1][0].summary() == {"added": 1, "updated": 1, "skipped": 0,
+                                           "removed": 1, "failed": 0}
+    assert consistent(fake, "lost")
+
+
 def test_a_burst_of_1000_writes_costs_one_batched_ingest(fake, tmp_path):
     folder = tmp_path / "burst"
     folder.mkdir()
