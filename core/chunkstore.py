@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -165,7 +166,8 @@ class ChunkStore(Store):
             dim = dimension() if callable(dimension) else dimension
             with self.transaction() as db:
                 insert_ignore(db, collections_t, {"name": name, "embedder": embedder,
-                                                  "dimension": dim, "created_at": now_text()})
+                                                  "dimension": dim, "created_at": now_text(),
+                                                  "generation": _first_generation()})
             row = self._collection(name)
         if row.embedder != embedder:
             raise ConfigError(
@@ -206,7 +208,11 @@ class ChunkStore(Store):
             db.execute(sa.delete(collections_t).where(collections_t.c.name == name))
 
     def generation(self, collection: str) -> int | None:
-        """Moves on with every change to the collection's chunks (None: no such collection)."""
+        """Moves on with every change to the collection's chunks (None: no such collection).
+
+        A new collection starts at a random number, not 1: a collection dropped and made again
+        through another server would otherwise come back to a generation this server's BM25
+        index was built from, and keep serving the old texts' index."""
         return self.scalar(sa.select(collections_t.c.generation)
                            .where(collections_t.c.name == collection))
 
@@ -432,6 +438,11 @@ class ChunkStore(Store):
         s = switches_t
         return self.scalar(sa.select(s.c.from_version).where(s.c.collection == collection)
                            .order_by(s.c.id.desc()).limit(1))
+
+
+def _first_generation() -> int:
+    # Below 2**30: a PostgreSQL INTEGER has room for a billion writes after it.
+    return secrets.randbelow(1 << 30) + 1
 
 
 def _version(r: Any, active: int) -> RetrievalVersion:

@@ -180,7 +180,7 @@ def step_register(ctx: Context, run_dir: Path, base_spec: str | None, ollama: bo
     with _chatter_to_stderr():
         return register_run(
             run_dir, ctx.base(base_spec), ctx.registry(),
-            ollama_host=ctx.settings.llm.ollama_host, ollama_prefix=ctx.ft.ollama_name,
+            ollama_host=ctx.settings.llm.ollama_urls, ollama_prefix=ctx.ft.ollama_name,
             ollama=ollama, activate=activate, force=force,
         )
 

@@ -263,7 +263,8 @@ def served_llm_settings(llm: LLMSettings, registry: ModelRegistry | None) -> LLM
 
 
 def register_run(
-    run_dir: Path, base: Any, registry: ModelRegistry, *, ollama_host: str, ollama_prefix: str,
+    run_dir: Path, base: Any, registry: ModelRegistry, *, ollama_host: str | list[str],
+    ollama_prefix: str,
     ollama: bool | None = None, activate: bool = True, force: bool = False,
 ) -> dict[str, Any]:
     """Register a run's exported adapter as a new version; returns what was done.
@@ -301,10 +302,15 @@ def register_run(
         status="promoted" if report is not None and report.promoted else "forced",
         adapter_sha256=exported.sha256.adapter_gguf,
     )
-    if ollama or (ollama is None and ollama_status(ollama_host, AUTO_PROBE_S) is not None):
+    # Every Ollama host serves the version (llm.ollama_hosts); with `auto`, those that answer.
+    hosts = [ollama_host] if isinstance(ollama_host, str) else list(ollama_host)
+    if ollama is None:
+        hosts = [h for h in hosts if ollama_status(h, AUTO_PROBE_S) is not None]
+    if hosts and ollama is not False:
         name = f"{ollama_prefix}-{base.slug}:{version.name}"
-        ollama_register(version, ollama_host, name)
-        registry.set_ollama(version.name, name, ollama_host)
+        for host in hosts:
+            ollama_register(version, host, name)
+        registry.set_ollama(version.name, name, ", ".join(hosts))
     if activate:
         registry.use(version.name)
     return registry.get(version.name).as_dict()

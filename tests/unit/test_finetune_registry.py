@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core.db import head, version_table
 from core.errors import ConfigError
 from core.gguf import AdapterCorrupt, BaseMismatch, check_lora_gguf, file_sha256
 from core.settings import Settings
 from finetune.artifacts import AdapterManifest, DatasetRef, LoraInfo, TemplateInfo
 from finetune.base import BaseInfo, ChatTemplate
-from core.db import head, version_table
 from finetune.registry import ModelRegistry, ollama_register
 from localcat.container import Container
 from tests.unit.test_finetune_modelfile import CHATML
@@ -323,6 +323,26 @@ def test_register_run_reads_each_step_result_once_and_records_it(
     again = register_run(run_dir, ref, registry, ollama_host="http://127.0.0.1:9",
                          ollama_prefix="localcat", ollama=False)
     assert again["name"] == "v1" and len(registry.versions()) == 1
+
+
+def test_register_run_creates_the_version_on_every_ollama_host(
+    registry: ModelRegistry, tmp_path: Path, base: Path
+) -> None:
+    from finetune.base import BaseRef
+    from finetune.registry import register_run
+
+    run_dir = finished_run(tmp_path, base)
+    ref = BaseRef("gguf", base, file_sha256(base), str(base))
+    hosts = [BlobServer(), BlobServer()]
+    try:
+        version = register_run(run_dir, ref, registry, ollama_host=[h.url for h in hosts],
+                               ollama_prefix="localcat", ollama=True)
+    finally:
+        for h in hosts:
+            h.close()
+    assert [h.created[-1]["model"] for h in hosts] == ["localcat-base:v1"] * 2
+    assert version["ollama_name"] == "localcat-base:v1"
+    assert version["ollama_host"] == ", ".join(h.url for h in hosts)
 
 
 def test_register_run_refuses_what_the_step_results_forbid(
