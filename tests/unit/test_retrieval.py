@@ -98,3 +98,25 @@ def test_collection_embedder_mismatch_is_refused(tmp_path):
     store.ensure_collection("kb", "minilm", lambda: 384)
     with pytest.raises(ConfigError, match="new --collection"):
         store.ensure_collection("kb", "other", lambda: 768)
+
+
+def test_bm25_rebuilds_when_the_collection_was_dropped_and_made_again(tmp_path):
+    """Another server drops a collection and builds it again with as many writes: the generation
+    must not come back to one this server's index was built from."""
+    from core.schemas import Chunk
+
+    store = ChunkStore(tmp_path / "index.sqlite")
+    there = BM25Index(tmp_path / "b")
+
+    def build(text: str) -> None:
+        store.ensure_collection("kb", "emb", lambda: 3)
+        store.mark_pending("kb", "/a.txt", text, "cfg")
+        store.commit_file("kb", "/a.txt", text, "cfg", [
+            Chunk(id=text, text=text, source="/a.txt", file_hash=text, position=0)])
+
+    build("red fox")
+    assert there.sync("kb", store)
+    store.drop_collection("kb")  # through the other server: this one's index stays on disk
+    build("blue whale")
+    assert there.sync("kb", store)
+    assert [i for i, _ in there.search("kb", "whale", 3)] == ["blue whale"]
