@@ -51,6 +51,18 @@ class CollectionNotFound(LocalCatError):
     status = 404
 
 
+class Unauthorized(LocalCatError):
+    """No API key, or one this server does not know (or that was revoked)."""
+
+    status = 401
+
+
+class Forbidden(LocalCatError):
+    """The key is known but its role or its collections do not allow this."""
+
+    status = 403
+
+
 class BadFile(LocalCatError):
     """A file that cannot be ingested; the batch goes on without it."""
 

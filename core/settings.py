@@ -277,8 +277,20 @@ class ServerSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Address `localcat serve` binds.")
     port: int = Field(8080, ge=1, le=65535)
     api_keys: list[str] = Field(
-        default_factory=list, description="Bearer keys; when set every endpoint but /health needs one."
+        default_factory=list, description="Admin keys (Bearer, X-API-Key or HTTP Basic); when any "
+        "key is set here or made with `localcat keys add`, every endpoint but /health needs one."
     )
+    user_keys: list[str] = Field(
+        default_factory=list, description="User keys: chat, upload, rate answers and read their "
+        "own feedback, but not delete collections, export feedback or switch models.")
+    chat_per_minute: int = Field(
+        60, ge=0, description="Chats a minute per key (a token bucket: bursts up to this many); "
+        "past it 429 with Retry-After. 0: no limit. `localcat keys add --rate-limit` sets one key's.")
+    uploads_per_minute: int = Field(
+        20, ge=0, description="Uploads (/api/ingest requests) a minute per key; 0: no limit.")
+    keys_poll_s: float = Field(
+        2.0, gt=0, description="How often a running server re-reads the key store, so `localcat "
+        "keys add` / `revoke` takes effect without a restart.")
     max_upload_mb: float = Field(50, gt=0, description="Largest file accepted by /api/ingest.")
     max_concurrent_ingests: int = Field(
         2, ge=1, description="Uploads (/api/ingest) ingested at once; more wait in the queue.")

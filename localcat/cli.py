@@ -285,6 +285,8 @@ def _register() -> None:
     finetune.add_command(learn_command), main.add_command(retrieval)
     from localcat.models_cli import register_commands
     register_commands(models)
+    from localcat.keys_cli import register_commands as register_keys
+    register_keys(main)
     from localcat.reviewed_cli import register_commands as register_reviewed
     register_reviewed(main)
 

@@ -15,7 +15,6 @@ import contextlib
 import json
 import logging
 import re
-import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -23,11 +22,14 @@ from pathlib import Path
 from typing import Literal
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import BadRequest, Busy, ConfigError, LocalCatError
 from core.schemas import Message, new_answer_id
+from localcat.auth import Gate, Principal
 from localcat.container import Container
 from localcat.openai_schemas import (
     AssistantMessage,
@@ -84,6 +86,10 @@ class FeedbackRequest(BaseModel):
     user: str | None = None
 
 
+class ModelUseRequest(BaseModel):
+    name: str = Field(description="A registered version (e.g. v3), or 'base' for no adapter.")
+
+
 def _split_messages(messages: list[ChatMessageIn]) -> tuple[str, list[Message]]:
     """The last user message is the question; earlier user/assistant turns are the history."""
     if messages[-1].role != "user" or not messages[-1].text().strip():
@@ -100,11 +106,16 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     c = container or Container()
     settings = c.settings
     with_ui = settings.server.ui if with_ui is None else with_ui
-    keys = settings.server.api_keys
-    if not keys and settings.server.host not in _LOOPBACK:
+    # Keys of the settings and of the key store (localcat/auth.py); the store is read again every
+    # server.keys_poll_s, so `localcat keys add` on a running server takes effect.
+    loopback = settings.server.host in _LOOPBACK
+    gate = Gate(settings.server, lambda: c.keys,
+                lambda: c.database is not None or settings.auth_db.is_file(), loopback=loopback)
+    if not loopback and not gate.enabled():
         raise ConfigError(
             f"Refusing to serve on {settings.server.host} without API keys",
-            "set LOCALCAT_SERVER__API_KEYS='[\"a-long-secret\"]' or bind 127.0.0.1",
+            "set LOCALCAT_SERVER__API_KEYS='[\"a-long-secret\"]', make one with `localcat keys "
+            "add NAME --role admin`, or bind 127.0.0.1",
         )
 
     # Uploads wait their turn here (localcat/uploads.py); the journal outlives a restart.
@@ -115,24 +126,62 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
                   description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
     app.state.container = c
     app.state.ingests = ingests
-    if keys:
-        @app.middleware("http")
-        async def require_key(request: Request, call_next):
-            # One gate for the API, the page and its source links: Bearer or X-API-Key for
-            # programs, HTTP Basic (any user, the key as password) so a browser can log in.
-            given = _request_key(request) or ""
-            if request.url.path == "/health" or any(secrets.compare_digest(given, k) for k in keys):
-                return await call_next(request)
-            browser = not request.url.path.startswith(("/v1/", "/api/"))
-            resp = _error(401, str(_Unauthorized()), "Unauthorized")
-            resp.headers["WWW-Authenticate"] = 'Basic realm="LocalCat"' if browser else "Bearer"
+    app.state.gate = gate
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        # One gate for the API, the page and its source links: Bearer or X-API-Key for
+        # programs, HTTP Basic (any user, the key as password) so a browser can log in.
+        path = request.url.path
+        if path == "/health":
+            return await call_next(request)
+        try:
+            if gate.stale():
+                await asyncio.to_thread(gate.refresh)
+            who = gate.identify(_request_key(request))
+            if path == "/" or path.startswith("/ui"):
+                who.require_every_collection("use the page, which can reach every collection")
+        except LocalCatError as exc:
+            resp = _error(exc.status, str(exc), type(exc).__name__)
+            if exc.status == 401:
+                browser = not path.startswith(("/v1/", "/api/"))
+                resp.headers["WWW-Authenticate"] = 'Basic realm="LocalCat"' if browser else "Bearer"
             return resp
+        request.state.principal = who
+        return await call_next(request)
+
+    def admin(request: Request, what: str) -> Principal:
+        who: Principal = request.state.principal
+        who.require_admin(what)
+        return who
 
     @app.exception_handler(LocalCatError)
     async def _localcat_error(request: Request, exc: LocalCatError):
         resp = _error(exc.status, str(exc), type(exc).__name__)
         if isinstance(exc, Busy):
             resp.headers["Retry-After"] = str(exc.retry_after)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError):
+        # FastAPI's own shape is {"detail": [...]}; ours is the one error shape of every answer.
+        where = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}"
+                          for e in exc.errors()[:5])
+        return _error(422, f"Invalid request: {where} — send the fields as /docs shows them",
+                      "ValidationError")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        where = f"{request.method} {request.url.path}"
+        if exc.status_code == 404:
+            resp = _error(404, f"No such route: {where} — see /docs for the routes", "NotFound")
+        elif exc.status_code == 405:
+            allow = (exc.headers or {}).get("Allow", "another method")
+            resp = _error(405, f"{request.url.path} does not take {request.method} — use {allow}",
+                          "MethodNotAllowed")
+        else:
+            resp = _error(exc.status_code, str(exc.detail), "HTTPError")
+        resp.headers.update(exc.headers or {})
         return resp
 
     @app.exception_handler(Exception)
@@ -153,10 +202,13 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
               responses={200: {"content": {"text/event-stream": {}},
                                "description": "A ChatCompletion, or with `stream` ChatCompletionChunk "
                                               "events"}})
-    def chat_completions(req: ChatCompletionRequest):
+    def chat_completions(req: ChatCompletionRequest, request: Request):
         from assistant.pipeline import Done
 
+        who: Principal = request.state.principal
+        who.require_collection(req.collection or settings.chroma.collection)
         question, history = _split_messages(req.messages)
+        gate.take(who, "chat")
         model = None if req.model in ("", DEFAULT_MODEL) else req.model
         pipeline = c.pipeline(req.collection, model, record=True)
         created = int(time.time())
@@ -182,10 +234,14 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
     # --- LocalCat API -------------------------------------------------------------------------
 
     @app.post("/api/ingest")
-    def ingest_files(files: list[UploadFile] = File(...), collection: str | None = Form(None)):
+    def ingest_files(request: Request, files: list[UploadFile] = File(...),
+                     collection: str | None = Form(None)):
         from core.chunkstore import check_collection_name
 
         name = check_collection_name(collection or settings.chroma.collection)
+        who: Principal = request.state.principal
+        who.require_collection(name)
+        gate.take(who, "upload")
         limit = int(settings.server.max_upload_mb * 1024 * 1024)
         folder = settings.data_dir / "uploads" / name
 
@@ -205,19 +261,24 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         server.ingest_queue)."""
         return ingests.status()
 
-
     @app.get("/api/collections")
-    def collections():
-        return {"collections": c.store.collections()}
+    def collections(request: Request):
+        """The collections this key may use."""
+        who: Principal = request.state.principal
+        return {"collections": [x for x in c.store.collections() if who.may_use(x["name"])]}
 
     @app.delete("/api/collections/{name}")
-    def delete_collection(name: str):
+    def delete_collection(name: str, request: Request):
+        who = admin(request, "delete collections")
+        who.require_collection(name)
         c.indexer.drop_collection(name)
+        gate.audit(who, "collection.delete", name)
         return {"deleted": name}
 
     @app.get("/files/{collection}/{chunk_id}")
-    def source_file(collection: str, chunk_id: str):
+    def source_file(collection: str, chunk_id: str, request: Request):
         """The file a cited chunk came from, when it still exists and is an ingested file."""
+        request.state.principal.require_collection(collection)
         chunk = c.store.chunks(collection, [chunk_id]).get(chunk_id)
         if chunk is None or c.store.file(collection, chunk.source) is None:
             return _error(404, "No such source; it may have been re-ingested", "NotFound")
@@ -227,18 +288,62 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         return FileResponse(path, filename=path.name, content_disposition_type="inline")
 
     @app.post("/api/feedback")
-    def feedback(req: FeedbackRequest):
+    def feedback(req: FeedbackRequest, request: Request):
+        """Rate an answer; with a key, the key's name is the feedback's `user`."""
+        who: Principal = request.state.principal
+        answer = c.feedback.get_answer(req.answer_id)
+        if answer is not None:
+            who.require_collection(answer.collection)
         row = c.feedback.add_feedback(req.answer_id, req.rating, correction=req.correction,
-                                      comment=req.comment, user=req.user)
+                                      comment=req.comment, user=who.name or req.user)
         return row.model_dump(mode="json")
 
+    @app.get("/api/feedback/mine")
+    def my_feedback(request: Request):
+        """The feedback given with this key, oldest first, each with its answer."""
+        who: Principal = request.state.principal
+        if who.name is None:
+            raise BadRequest("This server runs without keys, so no feedback is anyone's own",
+                             "read all of it at /api/feedback/export, or give users keys "
+                             "(`localcat keys add NAME --role user`)")
+        return {"feedback": list(c.feedback.iter_feedback(user=who.name))}
+
     @app.get("/api/feedback/export")
-    def export_feedback(format: Literal["jsonl"] = "jsonl"):
+    def export_feedback(request: Request, format: Literal["jsonl"] = "jsonl"):
+        who = admin(request, "export all feedback")
+        who.require_every_collection("export all feedback")
+        gate.audit(who, "feedback.export")
+
         def lines() -> Iterator[str]:
             for row in c.feedback.iter_feedback():
                 yield json.dumps(row, default=str) + "\n"
         return StreamingResponse(lines(), media_type="application/x-ndjson",
                                  headers={"Content-Disposition": "attachment; filename=feedback.jsonl"})
+
+    @app.post("/api/models/use")
+    def models_use(req: ModelUseRequest, request: Request):
+        """Serve a registered model version (or 'base'); running servers follow within
+        models.poll_s."""
+        who = admin(request, "switch models")
+        version = c.registry.use(req.name)
+        serving = version.name if version else "base"
+        gate.audit(who, "models.use", serving)
+        return {"serving": serving}
+
+    @app.post("/api/models/rollback")
+    def models_rollback(request: Request):
+        """Serve again what was served before the last switch."""
+        who = admin(request, "switch models")
+        version = c.registry.rollback()
+        serving = version.name if version else "base"
+        gate.audit(who, "models.rollback", serving)
+        return {"serving": serving}
+
+    @app.get("/api/audit")
+    def audit(request: Request, limit: int = 100):
+        """The admin actions, newest first."""
+        admin(request, "read the audit log")
+        return {"entries": [e.model_dump() for e in c.keys.audit_log(min(max(limit, 1), 10_000))]}
 
     @app.get("/health")
     def health():
@@ -285,14 +390,6 @@ def _request_key(request: Request) -> str | None:
         with contextlib.suppress(ValueError, UnicodeDecodeError):
             return base64.b64decode(value.strip()).decode().partition(":")[2]
     return request.headers.get("x-api-key")
-
-
-class _Unauthorized(LocalCatError):
-    status = 401
-
-    def __init__(self):
-        super().__init__("Missing or wrong API key",
-                         "send `Authorization: Bearer <key>` with a key from LOCALCAT_SERVER__API_KEYS")
 
 
 def _error_body(status: int, message: str, kind: str) -> ErrorResponse:
