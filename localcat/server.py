@@ -339,6 +339,22 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         gate.audit(who, "models.rollback", serving)
         return {"serving": serving}
 
+    @app.get("/api/reviewed")
+    def reviewed_list(request: Request, collection: str | None = None, revoked: bool = False):
+        """Reviewed answers (users' corrections served to questions that mean the same), newest
+        first; ``revoked`` includes the revoked and superseded."""
+        admin(request, "list reviewed answers")
+        return {"reviewed": [r.model_dump(mode="json")
+                             for r in c.feedback.reviewed(collection, revoked=revoked)]}
+
+    @app.delete("/api/reviewed/{reviewed_id}")
+    def reviewed_revoke(reviewed_id: int, request: Request):
+        """Stop serving a reviewed answer; it stays listed as revoked."""
+        who = admin(request, "revoke reviewed answers")
+        row = c.feedback.revoke_reviewed(reviewed_id, by=who.label)
+        gate.audit(who, "reviewed.revoke", str(reviewed_id))
+        return row.model_dump(mode="json")
+
     @app.get("/api/audit")
     def audit(request: Request, limit: int = 100):
         """The admin actions, newest first."""

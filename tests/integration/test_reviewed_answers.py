@@ -62,3 +62,17 @@ def test_a_correction_is_the_first_source_for_the_same_question_asked_again(tiny
         assert not any(ci["reviewed"] for ci in gone)
         again = runner.invoke(main, ["reviewed", "revoke", str(row["id"])])
         assert again.exit_code == 1 and "already revoked" in again.output
+
+        # The same through the admin API (a loopback server without keys: the caller is admin).
+        _, _ = ask(url, "How many vacation days do employees get per year?")
+        answer_id, _ = ask(url, "When are laptops replaced?")
+        httpx.post(url + "/api/feedback", json={"answer_id": answer_id, "rating": "down",
+                                                "correction": "Every 48 months now."})
+        listed = httpx.get(url + "/api/reviewed").json()["reviewed"]
+        assert [r["answer"] for r in listed] == ["Every 48 months now."]
+        assert len(httpx.get(url + "/api/reviewed", params={"revoked": True}).json()["reviewed"]) == 2
+        gone = httpx.delete(url + f"/api/reviewed/{listed[0]['id']}")
+        assert gone.status_code == 200 and gone.json()["revoked_at"]
+        twice = httpx.delete(url + f"/api/reviewed/{listed[0]['id']}")
+        assert twice.status_code == 400 and "already revoked" in twice.json()["error"]["message"]
+        assert httpx.get(url + "/api/reviewed").json()["reviewed"] == []
