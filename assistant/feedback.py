@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TextIO
 
 import sqlalchemy as sa
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.expression import FunctionElement
 
 from core.db import Store, insert_ignore
 from core.errors import BadRequest
+from core.prompt import NOT_FOUND
 from core.schemas import Answer, normalize_question
 
 MAX_TEXT_CHARS = 20_000
@@ -96,6 +99,95 @@ class Reviewed(BaseModel):
     created_at: datetime
     revoked_at: str | None = None
     revoked_by: str | None = None
+
+
+class Served(BaseModel):
+    """What was served for one model and collection (and one UTC day, or the whole range): how
+    many answers, how users judged them, how many said "not found", and how long they took."""
+
+    day: str | None = Field(None, description="YYYY-MM-DD (UTC); None in the totals.")
+    model: str
+    collection: str
+    answers: int
+    rated: int = Field(description="Answers whose verdict (latest feedback) has a rating.")
+    up: int
+    down: int
+    corrected: int = Field(description="Answers a user sent a correction for.")
+    not_found: int = Field(description='Answers that were "not found" (core.prompt.NOT_FOUND, '
+                           "or nothing relevant retrieved).")
+    timed: int = Field(description="Answers with a measured latency (recorded since it is).")
+    latency_mean_s: float | None = None
+    latency_max_s: float | None = None
+
+    @computed_field
+    @property
+    def up_rate(self) -> float | None:
+        """Thumbs up among the rated answers."""
+        return _rate(self.up, self.rated)
+
+    @computed_field
+    @property
+    def correction_rate(self) -> float | None:
+        return _rate(self.corrected, self.answers)
+
+    @computed_field
+    @property
+    def not_found_rate(self) -> float | None:
+        return _rate(self.not_found, self.answers)
+
+    @classmethod
+    def total(cls, rows: list[Served]) -> Served:
+        """The rows (one model and collection) added up over their days."""
+        counts = {k: sum(getattr(r, k) for r in rows)
+                  for k in ("answers", "rated", "up", "down", "corrected", "not_found", "timed")}
+        timed = [r for r in rows if r.timed]
+        mean = (sum(r.latency_mean_s * r.timed for r in timed) / counts["timed"]) if timed else None
+        return cls(model=rows[0].model, collection=rows[0].collection, **counts,
+                   latency_mean_s=None if mean is None else round(mean, 3),
+                   latency_max_s=max((r.latency_max_s for r in timed), default=None))
+
+
+def first_day(days: int) -> str:
+    """The first UTC day ('YYYY-MM-DD') of the last ``days`` days, today included."""
+    if not 1 <= days <= 3660:
+        raise BadRequest(f"days must be between 1 and 3660, not {days}", "ask for days=30, say")
+    return (datetime.now(UTC).date() - timedelta(days=days - 1)).isoformat()
+
+
+def served_totals(rows: list[Served]) -> list[Served]:
+    """Per-day rows added up per model and collection."""
+    groups: dict[tuple[str, str], list[Served]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.collection), []).append(r)
+    return [Served.total(g) for _, g in sorted(groups.items())]
+
+
+def _rate(n: int, of: int) -> float | None:
+    return round(n / of, 4) if of else None
+
+
+class _JsonNumber(FunctionElement):
+    """A number stored under ``key`` of a JSON text column (the answers' ``extra``), or NULL."""
+
+    type = sa.Float()
+    inherit_cache = True
+    name = "json_number"
+
+    def __init__(self, column: Any, key: str):
+        assert key.isidentifier()  # rendered into the SQL text
+        self.key = key
+        super().__init__(column)
+
+
+@compiles(_JsonNumber)
+def _json_number_sqlite(element: _JsonNumber, compiler: Any, **kw: Any) -> str:
+    return f"json_extract({compiler.process(element.clauses, **kw)}, '$.{element.key}')"
+
+
+@compiles(_JsonNumber, "postgresql")
+def _json_number_postgresql(element: _JsonNumber, compiler: Any, **kw: Any) -> str:
+    column = compiler.process(element.clauses, **kw)
+    return f"CAST(CAST({column} AS JSON) ->> '{element.key}' AS DOUBLE PRECISION)"
 
 
 # --- the store ------------------------------------------------------------------------------------
@@ -277,6 +369,12 @@ class FeedbackStore(Store):
         row = self.one(sa.select(f).where(f.c.answer_id == answer_id).order_by(f.c.id.desc()).limit(1))
         return None if row is None else Feedback.model_validate(_feedback_dict(row))
 
+    def feedback_for(self, answer_id: str) -> list[Feedback]:
+        """Every verdict on an answer, oldest first."""
+        f = feedback_t
+        rows = self.all(sa.select(f).where(f.c.answer_id == answer_id).order_by(f.c.id))
+        return [Feedback.model_validate(_feedback_dict(r)) for r in rows]
+
     def _latest(self):
         """Feedback rows that are the latest of their answer (its verdict)."""
         g = feedback_t.alias("g")
@@ -284,14 +382,9 @@ class FeedbackStore(Store):
                                    .where(g.c.answer_id == feedback_t.c.answer_id)
                                    .scalar_subquery())
 
-    def iter_feedback(self, latest_only: bool = False,
-                      user: str | None = None) -> Iterator[dict[str, Any]]:
-        """Feedback rows oldest first, JSON-ready, each with its answer snapshot under ``"answer"``.
-
-        ``latest_only`` keeps one row per answer, its verdict; ``user`` only that user's rows.
-        Rows are read a page at a time so a slow consumer (the data-set builder) holds no read
-        transaction open between pages.
-        """
+    def _feedback_query(self, latest_only: bool = False, user: str | None = None,
+                        rating: str | None = None, collection: str | None = None,
+                        model: str | None = None):
         f, a = feedback_t, answers_t
         columns = [*f.c, *(c.label(f"a_{c.name}") for c in a.c)]
         query = sa.select(*columns).join(a, a.c.id == f.c.answer_id)
@@ -299,11 +392,99 @@ class FeedbackStore(Store):
             query = query.where(self._latest())
         if user is not None:
             query = query.where(f.c.user == user)
+        if rating == "correction":
+            query = query.where(f.c.correction.is_not(None))
+        elif rating is not None:
+            query = query.where(f.c.rating == rating)
+        if collection is not None:
+            query = query.where(a.c.collection == collection)
+        if model is not None:
+            query = query.where(a.c.model == model)
+        return query
+
+    def iter_feedback(self, latest_only: bool = False, user: str | None = None, *,
+                      rating: str | None = None, collection: str | None = None,
+                      model: str | None = None) -> Iterator[dict[str, Any]]:
+        """Feedback rows oldest first, JSON-ready, each with its answer snapshot under ``"answer"``.
+
+        ``latest_only`` keeps one row per answer, its verdict; ``user`` only that user's rows;
+        ``rating`` ('up', 'down' or 'correction'), ``collection`` and ``model`` filter too.
+        Rows are read a page at a time so a slow consumer (the data-set builder) holds no read
+        transaction open between pages.
+        """
+        f = feedback_t
+        query = self._feedback_query(latest_only, user, rating, collection, model)
         last = 0
         while rows := self.all(query.where(f.c.id > last).order_by(f.c.id).limit(_PAGE)):
             for row in rows:
                 yield {**_feedback_dict(row), "answer": _answer_dict(row, prefix="a_")}
             last = rows[-1].id
+
+    def recent_feedback(self, limit: int = 200, *, latest_only: bool = False,
+                        rating: str | None = None, collection: str | None = None,
+                        model: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` feedback rows, as ``iter_feedback`` gives them (its filters too)."""
+        query = self._feedback_query(latest_only, None, rating, collection, model)
+        rows = self.all(query.order_by(feedback_t.c.id.desc()).limit(limit))
+        return [{**_feedback_dict(r), "answer": _answer_dict(r, prefix="a_")} for r in rows]
+
+    def answer_facets(self) -> dict[str, list[str]]:
+        """The collections and models answers were given from (for filters)."""
+        a = answers_t
+        return {name: [r[0] for r in self.all(sa.select(column).distinct().order_by(column))]
+                for name, column in (("collections", a.c.collection), ("models", a.c.model))}
+
+    def monitoring(self, since: str | None = None, *, model: str | None = None,
+                   collection: str | None = None) -> list[Served]:
+        """What was served, per UTC day, model (version tag) and collection, oldest day first.
+
+        ``since``: 'YYYY-MM-DD' (UTC), the first day counted (None: every day). Ratings are each
+        answer's verdict (its latest feedback); an answer counts as corrected when any of its
+        feedback carries a correction. Counted in the database (portable SQL: SQLite and
+        PostgreSQL); latencies are read from the answers' ``extra`` JSON.
+        """
+        a, f = answers_t, feedback_t
+        verdict = (sa.select(f.c.rating).where(f.c.answer_id == a.c.id)
+                   .order_by(f.c.id.desc()).limit(1).scalar_subquery())
+        corrected = sa.exists().where(f.c.answer_id == a.c.id, f.c.correction.is_not(None))
+        not_found = sa.or_(a.c.grounded == 0, a.c.answer.startswith(NOT_FOUND, autoescape=True))
+        per_answer = sa.select(
+            sa.func.substr(a.c.created_at, 1, 10).label("day"), a.c.model, a.c.collection,
+            verdict.label("rating"),
+            sa.case((corrected, 1), else_=0).label("corrected"),
+            sa.case((not_found, 1), else_=0).label("not_found"),
+            _JsonNumber(a.c.extra, "latency_s").label("latency"))
+        if since is not None:
+            per_answer = per_answer.where(a.c.created_at >= since)
+        if model is not None:
+            per_answer = per_answer.where(a.c.model == model)
+        if collection is not None:
+            per_answer = per_answer.where(a.c.collection == collection)
+        x = per_answer.subquery()
+
+        def count_if(condition):
+            return sa.func.coalesce(sa.func.sum(sa.case((condition, 1), else_=0)), 0)
+
+        query = (sa.select(
+            x.c.day, x.c.model, x.c.collection,
+            sa.func.count().label("answers"),
+            count_if(x.c.rating.is_not(None)).label("rated"),
+            count_if(x.c.rating == "up").label("up"),
+            count_if(x.c.rating == "down").label("down"),
+            sa.func.coalesce(sa.func.sum(x.c.corrected), 0).label("corrected"),
+            sa.func.coalesce(sa.func.sum(x.c.not_found), 0).label("not_found"),
+            sa.func.count(x.c.latency).label("timed"),
+            sa.func.avg(x.c.latency).label("latency_mean_s"),
+            sa.func.max(x.c.latency).label("latency_max_s"))
+            .group_by(x.c.day, x.c.model, x.c.collection)
+            .order_by(x.c.day, x.c.model, x.c.collection))
+        out = []
+        for row in self.all(query):
+            data = dict(row._mapping)
+            for k in ("latency_mean_s", "latency_max_s"):
+                data[k] = None if data[k] is None else round(float(data[k]), 3)
+            out.append(Served.model_validate(data))
+        return out
 
     def export_jsonl(self, fp: TextIO, latest_only: bool = False) -> int:
         """Write ``iter_feedback`` to ``fp``, one JSON object a line; return the number of lines."""

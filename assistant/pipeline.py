@@ -7,6 +7,7 @@ writes them; the finished answer carries the checked [n] marks (``assistant/cita
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -138,6 +139,7 @@ class RagPipeline:
 
     def stream(self, question: str, history: list[Message] | None = None, *,
                answer_id: str | None = None) -> Iterator[Event]:
+        started = time.perf_counter()
         history = history or []
         msgs = history_messages(history, self.history_turns)
         standalone = self.standalone(question, msgs)
@@ -177,6 +179,7 @@ class RagPipeline:
             id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
             collection=self.retriever.collection, answer=text, raw_answer=raw, sentences=sentences,
             citations=citations, grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
+            latency_s=round(time.perf_counter() - started, 3),
         )
         if self.on_answer is not None:  # recorded before anyone can rate it
             self.on_answer(answer)

@@ -126,6 +126,9 @@ class Answer(BaseModel):
     model: str
     prompt_version: str
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    latency_s: float | None = Field(
+        None, description="Seconds from the question to the finished answer (None on answers "
+        "stored before it was measured).")
 
 
 class FileResult(BaseModel):

@@ -355,6 +355,24 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         gate.audit(who, "reviewed.revoke", str(reviewed_id))
         return row.model_dump(mode="json")
 
+    @app.get("/api/monitoring")
+    def monitoring(request: Request, days: int = 30, model: str | None = None,
+                   collection: str | None = None):
+        """What was served over the last ``days`` (UTC) days, per day, model version and
+        collection: answers, thumbs-up rate (of the rated), correction rate, "not found" rate and
+        latency; ``totals`` adds the days up."""
+        from assistant.feedback import first_day, served_totals
+
+        who = admin(request, "read the monitoring figures")
+        if collection is None:
+            who.require_every_collection("read the monitoring figures of every collection")
+        else:
+            who.require_collection(collection)
+        since = first_day(days)
+        rows = c.feedback.monitoring(since, model=model, collection=collection)
+        return {"since": since, "days": [r.model_dump() for r in rows],
+                "totals": [r.model_dump() for r in served_totals(rows)]}
+
     @app.get("/api/audit")
     def audit(request: Request, limit: int = 100):
         """The admin actions, newest first."""

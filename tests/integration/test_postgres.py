@@ -140,3 +140,21 @@ def test_a_server_that_is_down_says_the_fix() -> None:
     store = FeedbackStore(Database(f"postgresql://nobody@127.0.0.1:{free_port()}/x"))
     with pytest.raises(StoreUnavailable, match="LOCALCAT_DATABASE__URL"):
         store.stats()
+
+
+def test_monitoring_counts_as_on_sqlite(postgres_url: str, tmp_path: Path) -> None:
+    """The monitoring query (a correlated verdict, EXISTS, CASE sums, a number read from the
+    answers' JSON text) gives PostgreSQL's figures exactly as SQLite's."""
+    from assistant.feedback import first_day
+    from tests.unit.test_monitoring import seed
+
+    database = Database(postgres_url)
+    on_pg, on_sqlite = FeedbackStore(database), FeedbackStore(tmp_path / "feedback.sqlite")
+    for store in (on_pg, on_sqlite):
+        seed(store)
+    for since in (first_day(30), first_day(1), None):
+        figures = on_pg.monitoring(since)
+        assert figures and figures == on_sqlite.monitoring(since)
+    assert on_pg.monitoring(first_day(30), model="base+lora:v1")[0].latency_mean_s == 0.25
+    on_sqlite.close()
+    database.close()
