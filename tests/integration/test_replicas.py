@@ -158,6 +158,13 @@ def cluster(postgres_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> 
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
         a = Replica("a", root / "a" / "data", env)
         b = Replica("b", root / "b" / "data", env)
+        # Each has a data dir of its own (its BM25 index), with the uploads folder on one shared
+        # folder, as the README's deployment section says: an upload's path, which names the file
+        # in the shared chunk store, is then the same whichever replica receives it.
+        for replica in (a, b):
+            replica.data_dir.mkdir(parents=True)
+            (replica.data_dir / "uploads").symlink_to(root / "uploads", target_is_directory=True)
+        (root / "uploads").mkdir()
         started = time.monotonic()
         try:
             a.start(), b.start()
@@ -229,6 +236,13 @@ def test_written_through_a_is_answered_by_b(cluster: Cluster):
     changed = time.monotonic() - changed_at
     resp = b.ask(QUESTION, "plant")
     assert all("14 days" not in c["snippet"] for c in resp.choices[0].message.model_extra["citations"])
+
+    # Sent again, changed, through B: it replaces the file A received (one upload folder).
+    report = b.upload("plant", {"valves.md": VALVES.format(days=25)})
+    assert report["summary"]["updated"] == 1, report
+    resp, _ = until(lambda: (r := a.ask(QUESTION, "plant")) and "every 25 days" in
+                    r.choices[0].message.content and r, timeout=10)
+    assert sources(resp).count("valves.md") == 1
 
     # Removed on A's machine (`localcat remove`, A's settings): B no longer shows it.
     path = str(a.data_dir.resolve() / "uploads" / "plant" / "valves.md")
