@@ -21,10 +21,10 @@ from assistant.citations import CitationAttributor, cited_numbers
 from assistant.retriever import HybridRetriever
 from core.errors import LocalCatError
 from core.prompt import (
-    ANSWER_PROMPT,
     CONDENSE_PROMPT,
     NOT_FOUND,
     PROMPT_VERSION,
+    answer_prompt,
     format_context,
     history_messages,
 )
@@ -102,8 +102,10 @@ class RagPipeline:
                  translate_error: Callable[[BaseException], LocalCatError | None] | None = None,
                  on_answer: Callable[[Answer], None] | None = None,
                  attributor: CitationAttributor | None = None,
-                 reviewed: Callable[[str], Document | None] | None = None):
+                 reviewed: Callable[[str], Document | None] | None = None,
+                 prompt_version: str = PROMPT_VERSION):
         self.llm = llm
+        self.prompt_version = prompt_version
         self.reviewed = reviewed
         self.attributor = attributor
         self.on_answer = on_answer
@@ -113,7 +115,7 @@ class RagPipeline:
         self.condense = condense
         self.history_turns = history_turns
         self.condense_chain = CONDENSE_PROMPT | llm | StrOutputParser()
-        self.answer_chain = ANSWER_PROMPT | llm
+        self.answer_chain = answer_prompt(prompt_version) | llm
 
     @contextmanager
     def _runtime_errors(self) -> Iterator[None]:
@@ -178,7 +180,7 @@ class RagPipeline:
         answer = Answer(
             id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
             collection=self.retriever.collection, answer=text, raw_answer=raw, sentences=sentences,
-            citations=citations, grounded=bool(docs), model=self.model_tag, prompt_version=PROMPT_VERSION,
+            citations=citations, grounded=bool(docs), model=self.model_tag, prompt_version=self.prompt_version,
             latency_s=round(time.perf_counter() - started, 3),
         )
         if self.on_answer is not None:  # recorded before anyone can rate it

@@ -271,6 +271,18 @@ class PipelineSettings(BaseModel):
         True, description="Rewrite a follow-up into a standalone question using the history."
     )
     history_turns: int = Field(6, ge=0, description="Past messages kept for condensing.")
+    prompt_version: str = Field(
+        "rag-v2", description="The answer prompt (core/prompt.py SYSTEMS), stored with every "
+        "answer; fine-tune data sets keep answers made with it.")
+
+    @field_validator("prompt_version")
+    @classmethod
+    def _known_prompt(cls, v: str) -> str:
+        from core.prompt import SYSTEMS
+
+        if v not in SYSTEMS:
+            raise ValueError(f"unknown prompt version {v!r}; known: {', '.join(SYSTEMS)}")
+        return v
 
 
 class ServerSettings(BaseModel):

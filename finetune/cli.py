@@ -141,9 +141,11 @@ def step_dataset(ctx: Context, run_dir: Path) -> DatasetReport:
     from finetune.dataset import build_dataset
 
     s = ctx.settings
-    store = ctx.parts.store if s.index_db.is_file() else None
+    # Nothing ingested yet (no index file, no shared database): contexts from the snapshots.
+    store = ctx.parts.store if s.database.url or s.index_db.is_file() else None
     return build_dataset(ctx.parts.feedback, store, RunLayout(run_dir), ctx.ft,
-                         history_turns=s.pipeline.history_turns)
+                         history_turns=s.pipeline.history_turns,
+                         prompt_version=s.pipeline.prompt_version)
 
 
 def step_train(ctx: Context, run_dir: Path, base_spec: str | None, restart: bool,

@@ -74,15 +74,18 @@ def _blocked(text: str, blocklist: Iterable[str]) -> str | None:
 class PromptBuilder:
     """Rebuilds the messages the pipeline sent for a recorded answer."""
 
-    def __init__(self, store: Any | None, history_turns: int):
+    def __init__(self, store: Any | None, history_turns: int, prompt_version: str | None = None):
+        from core.prompt import PROMPT_VERSION
+
         self.store = store
         self.history_turns = history_turns
+        self.prompt_version = prompt_version or PROMPT_VERSION
         self._collections: dict[str, bool] = {}
 
     def messages(self, answer: Answer) -> tuple[list[dict[str, str]], str]:
         """(llama.cpp messages, how the context was rebuilt: 'chunks', 'snapshot' or 'mixed')."""
         from core.llm import to_llama_messages
-        from core.prompt import ANSWER_PROMPT, format_context, history_messages
+        from core.prompt import answer_prompt, format_context, history_messages
 
         chunks = self._chunks(answer)
         docs, found = [], 0
@@ -98,7 +101,7 @@ class PromptBuilder:
         how = "chunks" if found == len(docs) else "snapshot" if found == 0 else "mixed"
         # The same calls the pipeline makes (RagPipeline.stream): history cut the same way, the
         # same prompt template, the same conversion to llama.cpp's messages.
-        prompt = ANSWER_PROMPT.format_messages(
+        prompt = answer_prompt(self.prompt_version).format_messages(
             context=format_context(docs),
             history=history_messages(answer.history, self.history_turns),
             question=answer.question,
@@ -140,8 +143,6 @@ def iter_examples(
     report: DatasetReport,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """('sft' | 'kto', row) for each usable verdict, counting what is dropped and why."""
-    from core.prompt import PROMPT_VERSION
-
     dropped: Counter[str] = Counter()
     seen: set[tuple[str, str]] = set()
     for verdict in verdicts:
@@ -151,7 +152,7 @@ def iter_examples(
             # Nothing was retrieved, so the model was never asked: the canned reply is not its.
             dropped["ungrounded"] += 1
             continue
-        if answer.prompt_version != PROMPT_VERSION and not settings.keep_old_prompts:
+        if answer.prompt_version != builder.prompt_version and not settings.keep_old_prompts:
             dropped["old_prompt_version"] += 1
             continue
         if _blocked(answer.question, settings.blocklist):
@@ -200,7 +201,7 @@ def iter_examples(
 
 def build_dataset(
     feedback: Any, store: Any | None, run: RunLayout, settings: FinetuneSettings, *,
-    history_turns: int,
+    history_turns: int, prompt_version: str | None = None,
 ) -> DatasetReport:
     """Write the run's ``dataset/{train,val,test,kto}.jsonl`` and ``report.json``; return the report.
 
@@ -208,7 +209,8 @@ def build_dataset(
     ingested). Raises NotEnoughData when the training or test split would be too small.
     """
     report = DatasetReport(run=run.name, path=run.dataset)
-    builder = PromptBuilder(store, history_turns)
+    # Trained as it will be prompted: the configured prompt version.
+    builder = PromptBuilder(store, history_turns, prompt_version)
     rows: dict[str, list[dict[str, Any]]] = {"sft": [], "kto": []}
     for dataset, row in iter_examples(feedback.iter_feedback(latest_only=True), builder, settings, report):
         rows[dataset].append(row)

@@ -228,7 +228,8 @@ class Container:
                            history_turns=p.history_turns,
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
                            on_answer=self.feedback.record_answer if record else None,
-                           attributor=self.attributor, reviewed=self._reviewed_for(retriever))
+                           attributor=self.attributor, reviewed=self._reviewed_for(retriever),
+                           prompt_version=p.prompt_version)
 
     @cached_property
     def reviewed(self):

@@ -139,3 +139,33 @@ def test_answers_stored_before_citations_still_load():
     answer = Answer.model_validate(old)
     assert answer.raw_answer is None and answer.sentences == []
     assert answer.citations[0].cited and answer.citations[0].sentences == []
+
+
+def test_the_configured_prompt_version_is_sent_and_recorded():
+    import pytest
+    from pydantic import ValidationError
+
+    from core.prompt import SYSTEMS
+    from core.settings import Settings
+
+    pipe = RagPipeline(fake_llm("Vacation is 27 days [1]."), FixedRetriever(docs=[doc(1, "Vacation is 27 days.")]),
+                       model_tag="fake", prompt_version="rag-v3")
+    sent = pipe.answer_chain.first.invoke({"context": "[1] x", "history": [], "question": "q"})
+    assert sent.to_messages()[0].content == SYSTEMS["rag-v3"] != SYSTEMS["rag-v2"]
+    assert pipe.ask("How many vacation days?").prompt_version == "rag-v3"
+    with pytest.raises(ValidationError, match="unknown prompt version 'rag-v9'"):
+        Settings(pipeline={"prompt_version": "rag-v9"})
+
+
+def test_a_reviewed_answer_is_the_first_source_and_answers_without_documents():
+    reviewed = Document(page_content="30 days from 2027.", metadata={
+        "chunk_id": "reviewed:1", "source": "corrected by a user on 2026-11-26", "score": 1.0,
+        "similarity": 0.91, "reviewed": True, "question": "How many vacation days?"})
+    pipe = RagPipeline(fake_llm("30 days [1].", "30 days [1]."), FixedRetriever(docs=[doc(1, "Vacation is 27 days.")]),
+                       model_tag="fake", reviewed=lambda q: reviewed)
+    answer = pipe.ask("vacation days?")
+    assert [c.chunk_id for c in answer.citations] == ["reviewed:1", "c1"]
+    assert answer.citations[0].reviewed and not answer.citations[1].reviewed
+    alone = RagPipeline(fake_llm("30 days [1]."), FixedRetriever(docs=[]), model_tag="fake",
+                        reviewed=lambda q: reviewed).ask("vacation days?")
+    assert alone.grounded and alone.answer != NOT_FOUND  # the documents hold nothing; it does
