@@ -1,5 +1,5 @@
-"""Hot swap: `models use` / `rollback` reach a running server within seconds, under concurrent
-streaming chats, with no failed request. Real server (uvicorn) and `openai` client, real MiniLM
+"""Hot swap: `models use` / `rollback` (and retrieval versions) reach a running server within
+seconds, under concurrent streaming chats, with no failed request. Real server (uvicorn) and `openai` client, real MiniLM
 and Chroma, a protocol-level fake Ollama serving the base and the fine-tuned version."""
 
 from __future__ import annotations
@@ -79,6 +79,21 @@ def test_model_versions_swap_in_a_running_server_under_load(docs_dir, tmp_path: 
                             break
                         assert time.monotonic() - start < 10, served_since(mark)
                     swaps.append(time.monotonic() - start)
+
+                # A retrieval version switched in and rolled back while the chats go on: r1 has
+                # the same embedder (its vectors are embedded into their own collection first).
+                from finetune.retrieval import rollback, use_version
+
+                c.store.new_retrieval_version("kbase", lambda n: c.embeddings.name, {})
+                c.store.set_version_status("kbase", 1, "rejected")  # a version with no vectors
+                mark = fake.chats
+                assert use_version(c, "kbase", 1).vectors == "kbase--r1"
+                assert c.retriever("kbase").vectors.ids("kbase") == c.store.chunk_ids("kbase")
+                assert rollback(c, "kbase").version == 0
+                deadline = time.monotonic() + 60
+                while fake.chats < mark + 6:  # chats answered across both switches
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
             finally:
                 done.set()
                 for w in workers:
