@@ -304,6 +304,10 @@ class ServerSettings(BaseModel):
         2.0, gt=0, description="How often a running server re-reads the key store, so `localcat "
         "keys add` / `revoke` takes effect without a restart.")
     max_upload_mb: float = Field(50, gt=0, description="Largest file accepted by /api/ingest.")
+    uploads_dir: Path | None = Field(
+        None, description="Where uploaded files are kept (they are the ingested files the chunk "
+        "store names). Unset: data_dir/uploads. With several servers, one shared folder: a file "
+        "sent again through any server then replaces the earlier one.")
     max_concurrent_ingests: int = Field(
         2, ge=1, description="Uploads (/api/ingest) ingested at once; more wait in the queue.")
     ingest_queue: int = Field(
@@ -499,6 +503,11 @@ class Settings(BaseSettings):
     @property
     def feedback_db(self) -> Path:
         return self.data_dir / "feedback.sqlite"
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Uploaded files, per collection, and the journal of unfinished uploads."""
+        return self.server.uploads_dir or self.data_dir / "uploads"
 
     @property
     def auth_db(self) -> Path:

@@ -288,7 +288,7 @@ def _register_options(f):
         click.option("--ollama/--no-ollama", default=None,
                      help="Also create the model in Ollama (default: when an Ollama answers)."),
         click.option("--activate/--no-activate", default=True, show_default=True,
-                     help="Serve the new version from the next start on."),
+                     help="Serve the new version (running servers follow within models.poll_s)."),
         click.option("--force", is_flag=True, help="Register even if it did not beat the base."),
     ]
     for option in reversed(options):
@@ -388,13 +388,15 @@ def models_list(available: bool, as_json: bool) -> None:
 @models.command(name="use")
 @click.argument("name")
 def models_use(name: str) -> None:
-    """Serve version NAME (e.g. v3, or `base`) from the next start of the assistant."""
+    """Serve version NAME (e.g. v3, or `base`); running servers follow within models.poll_s."""
     version = Context().registry().use(name)
-    click.echo(f"Serving {version.name if version else 'the base model'} from the next start.")
+    click.echo(f"Serving {version.name if version else 'the base model'}; running servers switch "
+               "within models.poll_s.")
 
 
 @models.command(name="rollback")
 def models_rollback() -> None:
     """Serve again what was served before the last `models use` / registration."""
     version = Context().registry().rollback()
-    click.echo(f"Rolled back: serving {version.name if version else 'the base model'} from the next start.")
+    click.echo(f"Rolled back: serving {version.name if version else 'the base model'}; running "
+               "servers switch within models.poll_s.")

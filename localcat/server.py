@@ -120,7 +120,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
     # Uploads wait their turn here (localcat/uploads.py); the journal outlives a restart.
     ingests = IngestQueue(settings.server.max_concurrent_ingests, settings.server.ingest_queue)
-    journal = Journal(settings.data_dir / "uploads" / ".unfinished")
+    journal = Journal(settings.uploads_dir / ".unfinished")
     app = FastAPI(title="LocalCat", version="0.1.0",
                   lifespan=_lifespan(c, ingests, journal, owns_container=container is None),
                   description="Self-hosted RAG assistant: OpenAI-compatible chat with citations.")
@@ -243,7 +243,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
         who.require_collection(name)
         gate.take(who, "upload")
         limit = int(settings.server.max_upload_mb * 1024 * 1024)
-        folder = settings.data_dir / "uploads" / name
+        folder = settings.uploads_dir / name
 
         def save() -> list[Path]:
             folder.mkdir(parents=True, exist_ok=True)

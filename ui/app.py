@@ -326,7 +326,7 @@ def build_ui(container: Any) -> "gradio.Blocks":
             name = check_collection_name((collection or default_collection).strip())
             # A stable copy (same folder as the HTTP API's uploads): Gradio's cache is temporary,
             # and re-uploading a changed file then updates it instead of adding a second source.
-            folder = settings.data_dir / "uploads" / name
+            folder = settings.uploads_dir / name
             folder.mkdir(parents=True, exist_ok=True)
             paths = []
             for f in files:

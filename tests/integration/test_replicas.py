@@ -155,16 +155,15 @@ def cluster(postgres_cluster: str, tmp_path_factory: pytest.TempPathFactory) -> 
         env.update(LOCALCAT_DATABASE__URL=database, LOCALCAT_CHROMA__URL=chroma,
                    LOCALCAT_LLM__RUNTIME="ollama", OLLAMA_HOST=ollama.url,
                    LOCALCAT_CONFIG=str(root / "no-config.toml"),
+                   # The uploads folder is one shared folder, as the README's deployment section
+                   # says: an upload's path, which names the file in the shared chunk store, is
+                   # then the same whichever replica receives it.
+                   LOCALCAT_SERVER__UPLOADS_DIR=str(root / "uploads"),
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", ANONYMIZED_TELEMETRY="False")
         a = Replica("a", root / "a" / "data", env)
         b = Replica("b", root / "b" / "data", env)
-        # Each has a data dir of its own (its BM25 index), with the uploads folder on one shared
-        # folder, as the README's deployment section says: an upload's path, which names the file
-        # in the shared chunk store, is then the same whichever replica receives it.
-        for replica in (a, b):
+        for replica in (a, b):  # each has a data dir of its own (its BM25 index)
             replica.data_dir.mkdir(parents=True)
-            (replica.data_dir / "uploads").symlink_to(root / "uploads", target_is_directory=True)
-        (root / "uploads").mkdir()
         started = time.monotonic()
         try:
             a.start(), b.start()
@@ -245,7 +244,7 @@ def test_written_through_a_is_answered_by_b(cluster: Cluster):
     assert sources(resp).count("valves.md") == 1
 
     # Removed on A's machine (`localcat remove`, A's settings): B no longer shows it.
-    path = str(a.data_dir.resolve() / "uploads" / "plant" / "valves.md")
+    path = str(Path(cluster.env["LOCALCAT_SERVER__UPLOADS_DIR"]).resolve() / "plant" / "valves.md")
     done = cluster.localcat("remove", path, "-c", "plant", data_dir=a.data_dir)
     assert done.returncode == 0, done.stderr
     removed_at = time.monotonic()
@@ -396,7 +395,8 @@ def test_replica_killed_mid_ingest_leaves_nothing_half_written(cluster: Cluster)
         assert all(rows == recorded > 0 for _, recorded, rows in states.values()), states
         # The vectors written before the kill were replaced: Chroma holds exactly the chunks.
         assert shared.vectors.ids("bulk") == shared.store.chunk_ids("bulk")
-        assert not list((a.data_dir / "uploads" / ".unfinished").glob("*.json"))
+        uploads = Path(cluster.env["LOCALCAT_SERVER__UPLOADS_DIR"])
+        assert not list((uploads / ".unfinished").glob("*.json"))
         for k, q in enumerate(questions):
             resp = b.ask(q, "bulk")
             assert sources(resp)[0] == f"ledger{k}.txt"
