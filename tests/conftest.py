@@ -114,12 +114,7 @@ def postgres_url(postgres_cluster: str, request: pytest.FixtureRequest) -> str:
     import re
     import uuid
 
-    import sqlalchemy as sa
+    from tests.fixtures.servers import new_database
 
     name = "t_" + re.sub(r"\W", "_", request.node.name.lower())[:40] + "_" + uuid.uuid4().hex[:8]
-    admin = sa.create_engine(postgres_cluster.replace("postgresql://", "postgresql+psycopg://"),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return postgres_cluster.rsplit("/", 1)[0] + "/" + name
+    return new_database(postgres_cluster, name)

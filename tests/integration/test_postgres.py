@@ -5,7 +5,6 @@ processes as two LocalCat servers would have it."""
 from __future__ import annotations
 
 import multiprocessing
-import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,10 +13,11 @@ import sqlalchemy as sa
 
 from assistant.feedback import FeedbackStore
 from core.chunkstore import ChunkStore
-from core.db import MIGRATIONS_DIR, Database, head, version_table
+from core.db import Database, head, version_table
 from core.errors import StoreUnavailable
 from core.schemas import Answer, Chunk
 from finetune.registry import ModelRegistry
+from tests.fixtures.legacy import broken_migrations
 from tests.unit.test_db import STORES, schema_drift
 
 
@@ -117,14 +117,7 @@ def test_servers_starting_together_migrate_once(postgres_url: str) -> None:
 
 def test_a_failed_revision_leaves_nothing_behind(postgres_url: str, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "feedback" / "0099_broken.py").write_text(
-        'import sqlalchemy as sa\nfrom alembic import op\n\n'
-        f'revision = "feedback_0099"\ndown_revision = "{head("feedback")}"\n'
-        'branch_labels = None\ndepends_on = None\n\n\n'
-        'def upgrade():\n    op.create_table("half_done", sa.Column("x", sa.Integer))\n'
-        '    raise RuntimeError("boom")\n')
+    migrations = broken_migrations(tmp_path)
     monkeypatch.setattr("core.db.MIGRATIONS_DIR", migrations)
     database = Database(postgres_url)
     with pytest.raises(RuntimeError, match="boom"):

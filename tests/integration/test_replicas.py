@@ -24,7 +24,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.fixtures.fake_ollama import FakeOllama
-from tests.fixtures.servers import chroma_server, free_port
+from tests.fixtures.servers import chroma_server, free_port, new_database
 
 pytestmark = pytest.mark.integration
 
@@ -132,15 +132,6 @@ class Cluster:
 
 def last_chat_model(ollama: FakeOllama) -> str:
     return [r for r in ollama.requests if r["path"] == "/api/chat"][-1]["body"]["model"]
-
-
-def new_database(cluster_url: str, name: str) -> str:
-    admin = sa.create_engine(cluster_url.replace("postgresql://", "postgresql+psycopg://"),
-                             isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    admin.dispose()
-    return cluster_url.rsplit("/", 1)[0] + "/" + name
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ The same checks against a real PostgreSQL are in tests/integration/test_postgres
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from contextlib import closing
 from pathlib import Path
@@ -14,11 +13,11 @@ import pytest
 
 from assistant.feedback import FeedbackStore
 from core.chunkstore import ChunkStore
-from core.db import MIGRATIONS_DIR, Database, head, version_table
+from core.db import Database, head, version_table
 from core.errors import StoreUnavailable
 from core.keystore import KeyStore
 from finetune.registry import ModelRegistry
-from tests.fixtures.legacy import legacy_file
+from tests.fixtures.legacy import broken_migrations, legacy_file
 
 STORES = {"chunks": ChunkStore, "feedback": FeedbackStore, "models": ModelRegistry,
           "auth": KeyStore}
@@ -89,14 +88,7 @@ def test_a_file_from_a_newer_localcat_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_failed_revision_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS_DIR, migrations)
-    (migrations / "feedback" / "0099_broken.py").write_text(
-        'import sqlalchemy as sa\nfrom alembic import op\n\n'
-        f'revision = "feedback_0099"\ndown_revision = "{head("feedback")}"\n'
-        'branch_labels = None\ndepends_on = None\n\n\n'
-        'def upgrade():\n    op.create_table("half_done", sa.Column("x", sa.Integer))\n'
-        '    raise RuntimeError("boom")\n')
+    migrations = broken_migrations(tmp_path)
     monkeypatch.setattr("core.db.MIGRATIONS_DIR", migrations)
     path = tmp_path / "feedback.sqlite"
     with pytest.raises(RuntimeError, match="boom"):
