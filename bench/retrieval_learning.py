@@ -33,6 +33,17 @@ from localcat.evaluation.metrics import doc_ranking, ndcg_at_k
 from localcat.evaluation.runner import prepare
 
 
+def faq_subset(folder: Path, distractors: int) -> tuple[BeirSet, dict[str, str]]:
+    """The set with every document a question needs plus ``distractors`` others (sorted by id;
+    -1: all), and the reference answer of each question that has one."""
+    full = load_beir(folder)
+    needed = {d for rels in full.qrels.values() for d in rels}
+    others = sorted(set(full.corpus) - needed)
+    keep = needed | set(others if distractors < 0 else others[:distractors])
+    data = BeirSet({d: full.corpus[d] for d in keep}, full.queries, full.qrels)
+    return data, {a.id: a.answer for a in load_answers(folder / "answers.jsonl") if a.answer}
+
+
 def held_out_ndcg(c, collection: str, version: int, questions, qrels, chunk_doc) -> float:
     retriever = c.retriever(collection, version=version, settings=unfiltered(c.settings.retrieval))
     scores = []
@@ -69,12 +80,8 @@ def main() -> None:
     ap.add_argument("--work-dir", type=Path, default=Path("/tmp/localcat-bench-retrieval-learning"))
     args = ap.parse_args()
 
-    full = load_beir(args.set)
-    needed = {d for rels in full.qrels.values() for d in rels}
-    others = sorted(set(full.corpus) - needed)
-    keep = needed | set(others if args.distractors < 0 else others[: args.distractors])
-    data = BeirSet({d: full.corpus[d] for d in keep}, full.queries, full.qrels)
-    references = {a.id: a.answer for a in load_answers(args.set / "answers.jsonl") if a.answer}
+    data, references = faq_subset(args.set, args.distractors)
+    keep = data.corpus
 
     shutil.rmtree(args.work_dir, ignore_errors=True)
     settings = Settings(data_dir=args.work_dir / "unused",

@@ -93,7 +93,8 @@ def main() -> None:
     unrelated = [a["question"] for a in answers if a["question"] not in corrected]
 
     work = Path(tempfile.mkdtemp(prefix="bench-reviewed-"))
-    settings = Settings(data_dir=work / "data")
+    # Models stay where `localcat models pull` put them (they follow data_dir otherwise).
+    settings = Settings(data_dir=work / "data", llm={"models_dir": Settings().llm.models_dir})
     c = Container(settings)
     store = FeedbackStore(settings.feedback_db)
     record_corrections(store, pairs, reference)
@@ -177,6 +178,16 @@ def answer_quality(c, settings, pairs, reference, bar, model, ingest=True):
     return out
 
 
+def answer_table(a: dict) -> list[str]:
+    lines = ["| reviewed answers | recall | F1 | correction shown | correction cited | s/answer |",
+             "|---|---|---|---|---|---|"]
+    for arm in ("without", "with"):
+        x = a[arm]
+        lines.append(f"| {arm} | {x['recall']} | {x['f1']} | {x['reviewed_shown']:.0%} | "
+                     f"{x['reviewed_cited']:.0%} | {x['s']:.1f} |")
+    return lines
+
+
 def write(r: dict) -> None:
     lines = [
         f"Embedder {r['embedder']}; 40 FAQ questions corrected with their reference answers; "
@@ -195,26 +206,14 @@ def write(r: dict) -> None:
     lines += ["", "Other bars on the test half (paraphrase hits / wrong / false hits): " + "; ".join(
         f"{b}: {v['hits']}/{v['wrong']}/{v['false']}" for b, v in r["test_by_bar"].items()) + "."]
     if "answers" in r:
-        a = r["answers"]
         lines += ["", "The test paraphrases asked through the pipeline (FAQ collection ingested, "
                   "default model), key-fact recall and F1 against the reference:", "",
-                  "| reviewed answers | recall | F1 | correction shown | correction cited | s/answer |",
-                  "|---|---|---|---|---|---|"]
-        for arm in ("without", "with"):
-            x = a[arm]
-            lines.append(f"| {arm} | {x['recall']} | {x['f1']} | {x['reviewed_shown']:.0%} | "
-                         f"{x['reviewed_cited']:.0%} | {x['s']:.1f} |")
+                  *answer_table(r["answers"])]
     if "answers_false" in r:
-        a = r["answers_false"]
-        lines += ["", f"The {a['with']['n']} unrelated test questions that got another question's "
-                  "correction at this bar (" + "; ".join(r["falsely_matched"]) + "), same "
-                  "measures against their own reference:", "",
-                  "| reviewed answers | recall | F1 | correction shown | correction cited | s/answer |",
-                  "|---|---|---|---|---|---|"]
-        for arm in ("without", "with"):
-            x = a[arm]
-            lines.append(f"| {arm} | {x['recall']} | {x['f1']} | {x['reviewed_shown']:.0%} | "
-                         f"{x['reviewed_cited']:.0%} | {x['s']:.1f} |")
+        lines += ["", f"The {r['answers_false']['with']['n']} unrelated test questions that got "
+                  "another question's correction at this bar (" + "; ".join(r["falsely_matched"])
+                  + "), same measures against their own reference:", "",
+                  *answer_table(r["answers_false"])]
     append("Reviewed answers: a correction helps the next person at once", "\n".join(lines))
 
 
