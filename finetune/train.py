@@ -286,7 +286,7 @@ def train(
 
     for cb in (PrinterCallback, ProgressCallback):
         trainer.remove_callback(cb)
-    trainer.add_callback(_progress_callback(total, enabled=progress))
+    trainer.add_callback(_progress_callback(total, enabled=progress, loss_json=run.loss_json))
     say(f"Training a LoRA with {trainer_kind}, {objective.kind.upper()} ({objective.reason}), on "
         f"{len(train_ex)} examples "
         f"({total} steps{f', resuming from {checkpoint.name}' if checkpoint else ''})…")
@@ -541,12 +541,13 @@ def collator(tokenizer: Any, pad_id: int) -> Any:
                                   return_tensors="pt")
 
 
-def _progress_callback(total: int, enabled: bool) -> Any:
+def _progress_callback(total: int, enabled: bool, loss_json: Path | None = None) -> Any:
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):
-        """A progress bar on stderr with the latest loss (the Trainer's own prints to stdout)."""
+        """A progress bar on stderr with the latest loss (the Trainer's own prints to stdout);
+        the loss so far goes to ``loss_json`` at every log, so the page can draw it live."""
 
         bar: Any = None
 
@@ -559,6 +560,8 @@ def _progress_callback(total: int, enabled: bool) -> Any:
                 self.bar.update(state.global_step - self.bar.n)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if loss_json is not None:
+                loss_history(state.log_history).write(loss_json)
             if self.bar is not None and logs:
                 shown = {k: f"{float(v):.4g}" for k, v in logs.items() if k in ("loss", "eval_loss")}
                 if shown:
