@@ -11,11 +11,13 @@ per key with token buckets in this process.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import math
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -177,6 +179,18 @@ class Gate:
     def audit(self, principal: Principal, action: str, target: str | None = None,
               detail: dict[str, Any] | None = None) -> None:
         self._keystore().audit(principal.name, principal.role, action, target, detail)
+
+
+def request_key(headers: Mapping[str, str]) -> str | None:
+    """The key a request carries: Bearer, HTTP Basic (the key as password) or X-API-Key."""
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer":
+        return value.strip()
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            return base64.b64decode(value.strip()).decode().partition(":")[2]
+    return headers.get("x-api-key")
 
 
 _SEND_KEY = ("send `Authorization: Bearer <key>` (or `X-API-Key: <key>`, or HTTP Basic with the "

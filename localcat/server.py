@@ -10,7 +10,6 @@ chunk's ``localcat.answer`` is the answer with its checked [n] marks (the non-st
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -29,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import BadRequest, Busy, ConfigError, LocalCatError
 from core.schemas import Message, new_answer_id
-from localcat.auth import Gate, Principal
+from localcat.auth import Gate, Principal, request_key
 from localcat.container import Container
 from localcat.openai_schemas import (
     AssistantMessage,
@@ -406,7 +405,10 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
         from ui.app import build_ui
 
-        gr.mount_gradio_app(app, build_ui(c), path="/ui")
+        # The page asks the same gate who is behind each of its requests (the browser sends the
+        # key by HTTP Basic): only admins get its Admin tab.
+        gr.mount_gradio_app(app, build_ui(c, principal=lambda headers: gate.identify(
+            request_key(headers)), audit=gate.audit), path="/ui")
 
         @app.get("/", include_in_schema=False)
         def root():
@@ -416,14 +418,7 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
 
 def _request_key(request: Request) -> str | None:
-    auth = request.headers.get("authorization", "")
-    scheme, _, value = auth.partition(" ")
-    if scheme.lower() == "bearer":
-        return value.strip()
-    if scheme.lower() == "basic":
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            return base64.b64decode(value.strip()).decode().partition(":")[2]
-    return request.headers.get("x-api-key")
+    return request_key(request.headers)
 
 
 def _error_body(status: int, message: str, kind: str) -> ErrorResponse:

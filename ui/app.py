@@ -2,7 +2,8 @@
 
 It only renders what ``assistant/`` gives it: answers come from ``container.pipeline(...).stream``,
 feedback goes to ``container.feedback``, uploads to ``container.indexer``. The server mounts it with
-``gr.mount_gradio_app(app, build_ui(container), path="/ui")``.
+``gr.mount_gradio_app(app, build_ui(container, principal=..., audit=...), path="/ui")``; admins also
+get the Admin tab (ui/admin.py).
 
 No ``from __future__ import annotations`` here: Gradio reads handler annotations such as
 ``gr.LikeData`` at runtime, and ``gr`` is only a local of ``build_ui`` (imported lazily).
@@ -10,6 +11,7 @@ No ``from __future__ import annotations`` here: Gradio reads handler annotations
 
 import html
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -184,12 +186,20 @@ def _warn(err: LocalCatError) -> str:
     return f"⚠️ {err}"
 
 
-def build_ui(container: Any) -> "gradio.Blocks":
-    """The LocalCat page for ``container`` (an ``localcat.container.Container``)."""
+def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | None = None,
+             audit: Callable[..., None] | None = None) -> "gradio.Blocks":
+    """The LocalCat page for ``container`` (an ``localcat.container.Container``).
+
+    ``principal`` tells who is behind a request from its headers (the server's key gate; it
+    returns a ``localcat.auth.Principal``); without it the page is local and its user an admin.
+    ``audit`` records the admin actions taken on the page, as the API records its own.
+    """
     try:
         import gradio as gr
     except ImportError as err:
         raise MissingDependency("gradio", "./scripts/setup") from err
+
+    from ui.admin import build_admin
 
     settings = container.settings
     default_collection = settings.chroma.collection
@@ -356,38 +366,44 @@ def build_ui(container: Any) -> "gradio.Blocks":
     with gr.Blocks(title="LocalCat", fill_height=True) as page:
         session = gr.State(Session())
         gr.Markdown("## 🐱 LocalCat — ask your documents")
-        with gr.Row():
-            collection = gr.Dropdown(label="Collection", value=default_collection,
-                                     allow_custom_value=True, elem_id="collection", scale=3,
-                                     info="Type a new name to upload into a new collection.")
-            model = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
-            refresh_btn = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=3):
-                chat = gr.Chatbot(label="Chat", elem_id="chat", height=460,
-                                  feedback_options=("Like", "Dislike"))
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat-tab", elem_id="chat-tab"):
                 with gr.Row():
-                    question = gr.Textbox(placeholder="Ask a question about your documents…",
-                                          show_label=False, elem_id="question", scale=5,
-                                          submit_btn=False, lines=1, max_lines=4)
-                    ask_btn = gr.Button("Ask", variant="primary", elem_id="ask", scale=1)
-                status = gr.Markdown("", elem_id="feedback-status")
-                with gr.Row():
-                    up_btn = gr.Button("👍 Good answer", elem_id="thumbs-up", size="sm")
-                    down_btn = gr.Button("👎 Bad answer", elem_id="thumbs-down", size="sm")
-                correction = gr.Textbox(label="Correct answer (for the last answer)", lines=2,
-                                        elem_id="correction")
-                correct_btn = gr.Button("Send correction", elem_id="send-correction", size="sm")
-            with gr.Column(scale=2):
-                gr.Markdown("### Sources")
-                sources = gr.HTML("<p class='lc-empty'>Sources of the latest answer appear here.</p>",
-                                  elem_id="sources", css_template=SOURCES_CSS)
-                upload = gr.File(label="Add documents to the collection", file_count="multiple",
-                                 elem_id="upload")
-                report = gr.Markdown("", elem_id="ingest-report")
+                    collection = gr.Dropdown(label="Collection", value=default_collection,
+                                             allow_custom_value=True, elem_id="collection", scale=3,
+                                             info="Type a new name to upload into a new collection.")
+                    model = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
+                    refresh_btn = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        chat = gr.Chatbot(label="Chat", elem_id="chat", height=460,
+                                          feedback_options=("Like", "Dislike"))
+                        with gr.Row():
+                            question = gr.Textbox(placeholder="Ask a question about your documents…",
+                                                  show_label=False, elem_id="question", scale=5,
+                                                  submit_btn=False, lines=1, max_lines=4)
+                            ask_btn = gr.Button("Ask", variant="primary", elem_id="ask", scale=1)
+                        status = gr.Markdown("", elem_id="feedback-status")
+                        with gr.Row():
+                            up_btn = gr.Button("👍 Good answer", elem_id="thumbs-up", size="sm")
+                            down_btn = gr.Button("👎 Bad answer", elem_id="thumbs-down", size="sm")
+                        correction = gr.Textbox(label="Correct answer (for the last answer)", lines=2,
+                                                elem_id="correction")
+                        correct_btn = gr.Button("Send correction", elem_id="send-correction", size="sm")
+                    with gr.Column(scale=2):
+                        gr.Markdown("### Sources")
+                        sources = gr.HTML("<p class='lc-empty'>Sources of the latest answer appear here.</p>",
+                                          elem_id="sources", css_template=SOURCES_CSS)
+                        upload = gr.File(label="Add documents to the collection", file_count="multiple",
+                                         elem_id="upload")
+                        report = gr.Markdown("", elem_id="ingest-report")
+            # Shown to admins only (on load); its handlers check again.
+            _, admin_load, admin_outputs = build_admin(container, principal=principal,
+                                                       audit=audit)
 
         pickers = [collection, model]
         page.load(refresh, pickers, pickers)
+        page.load(admin_load, None, admin_outputs)
         refresh_btn.click(refresh, pickers, pickers)
 
         # One event for Enter and the button, one answer at a time: llama.cpp serves one

@@ -109,6 +109,8 @@ def test_ask_rate_and_correct_in_the_browser(tiny_gguf, docs_dir, tmp_path, monk
             expect(picker).to_have_value(re.compile(rf"{COLLECTION} \(3 files, \d+ chunks\)"),
                                          timeout=60_000)
             expect(page.locator("#model input")).to_have_value(tiny_gguf.stem)
+            # No keys: the local user is admin (tests/integration/test_ui_admin.py has the tab).
+            expect(page.get_by_role("tab", name="Admin")).to_be_visible()
             timings["page_ready_from_goto_s"] = time.perf_counter() - t2
             timings["page_ready_from_build_s"] = time.perf_counter() - t1
 

@@ -12,7 +12,7 @@ import pytest
 from assistant.feedback import FeedbackStore, Served, first_day, served_totals
 from assistant.pipeline import RagPipeline
 from core.errors import BadRequest
-from core.prompt import NOT_FOUND
+from core.prompt import NOT_FOUND, PROMPT_VERSION
 from core.schemas import Answer
 from tests.unit.test_pipeline import FixedRetriever, doc, fake_llm
 
@@ -23,7 +23,7 @@ def answer(n: int, *, days_ago: int = 0, model: str = "base", collection: str = 
            text: str = "Yes [1].", grounded: bool = True, latency_s: float | None = 1.0) -> Answer:
     return Answer(id=f"ans_{n}", question=f"q{n}?", standalone_question=f"q{n}?",
                   collection=collection, answer=text, grounded=grounded, model=model,
-                  prompt_version="rag-v1", created_at=TODAY - timedelta(days=days_ago),
+                  prompt_version=PROMPT_VERSION, created_at=TODAY - timedelta(days=days_ago),
                   latency_s=latency_s)
 
 
