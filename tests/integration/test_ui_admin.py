@@ -23,7 +23,7 @@ from tests.integration.test_ui_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.unit.test_finetune_registry import add, base_file
 from tests.unit.test_monitoring import seed
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real fine-tune run: ~50 s
 
 ADMIN, USER = "admin-p4ge-key", "user-p4ge-key"
 
