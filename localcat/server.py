@@ -407,8 +407,10 @@ def create_app(container: Container | None = None, *, with_ui: bool | None = Non
 
         # The page asks the same gate who is behind each of its requests (the browser sends the
         # key by HTTP Basic): only admins get its Admin tab.
-        gr.mount_gradio_app(app, build_ui(c, principal=lambda headers: gate.identify(
-            request_key(headers)), audit=gate.audit), path="/ui")
+        gr.mount_gradio_app(app, build_ui(
+            c, principal=lambda headers: gate.identify(request_key(headers)), audit=gate.audit,
+            uploads=lambda name, save, run: ingest_upload(ingests, journal, name, save, run)),
+            path="/ui")
 
         @app.get("/", include_in_schema=False)
         def root():

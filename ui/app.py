@@ -187,12 +187,15 @@ def _warn(err: LocalCatError) -> str:
 
 
 def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | None = None,
-             audit: Callable[..., None] | None = None) -> "gradio.Blocks":
+             audit: Callable[..., None] | None = None,
+             uploads: Callable[..., Any] | None = None) -> "gradio.Blocks":
     """The LocalCat page for ``container`` (an ``localcat.container.Container``).
 
     ``principal`` tells who is behind a request from its headers (the server's key gate; it
     returns a ``localcat.auth.Principal``); without it the page is local and its user an admin.
     ``audit`` records the admin actions taken on the page, as the API records its own.
+    ``uploads(collection, save, ingest)`` runs an upload the way the server runs the API's
+    (``localcat.uploads.ingest_upload``: its bounded queue, journal and cancel on shutdown).
     """
     try:
         import gradio as gr
@@ -337,14 +340,17 @@ def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | 
             # A stable copy (same folder as the HTTP API's uploads): Gradio's cache is temporary,
             # and re-uploading a changed file then updates it instead of adding a second source.
             folder = settings.uploads_dir / name
-            folder.mkdir(parents=True, exist_ok=True)
-            paths = []
-            for f in files:
-                target = folder / Path(f).name
-                shutil.copyfile(f, target)
-                paths.append(target)
-            total, done = len(paths), 0
-            progress((0, total), desc="Loading the embedding model", unit="files")
+
+            def save() -> list[Path]:
+                folder.mkdir(parents=True, exist_ok=True)
+                paths = []
+                for f in files:
+                    target = folder / Path(f).name
+                    shutil.copyfile(f, target)
+                    paths.append(target)
+                return paths
+
+            total, done = len(files), 0
 
             def on_file_done(result) -> None:
                 nonlocal done
@@ -352,8 +358,13 @@ def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | 
                 progress((done, total), desc=f"{Path(result.path).name}: {result.status}",
                          unit="files")
 
-            report = container.indexer.ingest(paths, name, prune=False,
-                                              progress=Progress(on_file_done=on_file_done))
+            def run(paths: list[Path], cancel=None):
+                progress((0, total), desc="Loading the embedding model", unit="files")
+                return container.indexer.ingest(paths, name, prune=False, cancel=cancel,
+                                                progress=Progress(on_file_done=on_file_done))
+
+            # In the server: the API's queue (429-like Busy when full), journal and cancel.
+            report = uploads(name, save, run) if uploads is not None else run(save())
         except LocalCatError as err:
             return _warn(err), gr.skip(), None
         failed = [f for f in report.files if f.status == "failed"]

@@ -83,14 +83,13 @@ def test_ask_rate_and_correct_in_the_browser(tiny_gguf, docs_dir, tmp_path, monk
 
     timings: dict[str, float] = {}  # gradio_import_s is only meaningful when run on its own
     t0 = time.perf_counter()
-    import gradio as gr
-    from fastapi import FastAPI
+    import gradio  # noqa: F401 - timed on its own
 
-    from ui.app import build_ui
+    from localcat.server import create_app
 
     timings["gradio_import_s"] = time.perf_counter() - t0
     t1 = time.perf_counter()
-    app = gr.mount_gradio_app(FastAPI(), build_ui(container), path="/ui")
+    app = create_app(container, with_ui=True)  # the page as `localcat serve` mounts it
 
     upload = tmp_path / "parking.md"
     upload.write_text("# Parking\n\nVisitors park on level -2; ask reception for a ticket.\n")
@@ -121,6 +120,9 @@ def test_ask_rate_and_correct_in_the_browser(tiny_gguf, docs_dir, tmp_path, monk
             expect(picker).to_have_value(re.compile(rf"{COLLECTION} \(4 files, \d+ chunks\)"))
             assert any(Path(f.path).name == "parking.md"
                        for f in container.store.files(COLLECTION))
+            # It went the API's way (queue and journal): journalled, and the entry done.
+            journal = container.settings.uploads_dir / ".unfinished"
+            assert journal.is_dir() and not list(journal.glob("*.json"))
 
             # Ask; wait for the streamed answer, its sources, and the answer id (sent with Done).
             t3 = time.perf_counter()
