@@ -43,7 +43,8 @@ def _normalise(url: str) -> str:
     return url
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """The URL with its password hidden (for messages and `localcat config`)."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -61,7 +62,7 @@ class Database:
 
     def __init__(self, url: str, *, label: str | None = None):
         self.url = _normalise(url)
-        self.label = label or _redact(self.url)
+        self.label = label or redact(self.url)
         self._lock = threading.Lock()
         self._migrate_lock = threading.Lock()
         self._engine: Engine | None = None

@@ -262,6 +262,13 @@ def config(as_json: bool) -> None:
     from core.settings import Settings
 
     data = Settings().model_dump(mode="json")
+    # Secrets are not echoed: keys by count, the database URL without its password.
+    for field in ("api_keys", "user_keys"):
+        data["server"][field] = [f"<{len(data['server'][field])} set>"] if data["server"][field] else []
+    if data["database"]["url"]:
+        from core.db import redact
+
+        data["database"]["url"] = redact(data["database"]["url"])
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return

@@ -29,3 +29,17 @@ def test_ollama_host_follows_ollamas_own_variable(monkeypatch):
 def test_bad_collection_names(name):
     with pytest.raises(BadRequest, match="collection name"):
         check_collection_name(name)
+
+
+def test_config_shows_no_secrets(monkeypatch):
+    from click.testing import CliRunner
+
+    from localcat.cli import main
+
+    monkeypatch.setenv("LOCALCAT_SERVER__API_KEYS", '["an-admin-secret"]')
+    monkeypatch.setenv("LOCALCAT_DATABASE__URL", "postgresql://app:db-password@db:5432/localcat")
+    for args in (["config"], ["config", "--json"]):
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 0, out.output
+        assert "an-admin-secret" not in out.stdout and "db-password" not in out.stdout
+        assert "postgresql://app:***@db:5432/localcat" in out.stdout
