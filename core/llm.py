@@ -117,8 +117,7 @@ class ChatLlamaCpp(BaseChatModel):
     @property
     def model_tag(self) -> str:
         """E.g. ``SmolLM2-135M-Instruct.Q4_1`` or ``SmolLM2-135M-Instruct.Q4_1+lora:support-v2``."""
-        tag = _strip_gguf(self.model_path.name)
-        return f"{tag}+lora:{_strip_gguf(self.lora_path.name)}" if self.lora_path else tag
+        return _model_tag(self.model_path, self.lora_path)
 
     def load(self) -> Any:
         """Load the model now instead of on the first request; returns the ``llama_cpp.Llama``."""
@@ -243,6 +242,11 @@ class ChatLlamaCpp(BaseChatModel):
 
 def _strip_gguf(name: str) -> str:
     return name[: -len(".gguf")] if name.lower().endswith(".gguf") else name
+
+
+def _model_tag(model_path: Path, lora_path: Path | None) -> str:
+    tag = _strip_gguf(Path(model_path).name)
+    return f"{tag}+lora:{_strip_gguf(Path(lora_path).name)}" if lora_path else tag
 
 
 def _usage(prompt: int, completion: int) -> UsageMetadata:
@@ -506,12 +510,62 @@ def build_chat_model(
     raise BadRequest(f"Unknown runtime {llm.runtime!r}", "use auto, ollama or embedded")
 
 
+def serves_embedded(llm: LLMSettings, hosts: OllamaHosts | None = None) -> bool:
+    """Whether the embedded runtime answers: so configured, or 'auto' with no Ollama answering."""
+    return llm.runtime == "embedded" or (llm.runtime == "auto" and not _ollama_answers(llm, hosts))
+
+
+def _installed_others(llm: LLMSettings, served: ChatLlamaCpp) -> list[str]:
+    """Installed catalog models other than the one ``served`` (a LoRA makes it another model)."""
+    from core import catalog
+
+    same = None if served.lora_path else served.model_path.resolve()
+    names = []
+    for entry in catalog.CATALOG.values():
+        path = catalog.installed_path(entry, llm.models_dir)
+        if path is not None and path.resolve() != same:
+            names.append(entry.name)
+    return names
+
+
+def embedded_settings(llm: LLMSettings, name: str) -> LLMSettings | None:
+    """The settings that serve the embedded model ``name``: None when it is the served one (asked
+    for by its tag, as list_models shows it, or by its catalog name), else those of the installed
+    catalog entry ``name`` (the catalog's decoding defaults, no LoRA).
+
+    An unknown name or an entry that is not pulled is a ModelNotFound that says what to pull.
+    """
+    from core import catalog
+
+    served_entry = catalog.CATALOG.get(llm.model)
+    served_path = Path(llm.model_path) if llm.model_path else served_entry and (
+        catalog.location(served_entry, llm.models_dir) or Path(served_entry.file))
+    if served_path is not None and name == _model_tag(served_path, llm.lora_path):
+        return None
+    if name == llm.model and llm.model_path is None and llm.lora_path is None:
+        return None
+    # By name, or by its file's name (as list_models shows the served model).
+    entry = catalog.CATALOG.get(name) or next(
+        (e for e in catalog.CATALOG.values() if _strip_gguf(e.file) == name), None)
+    if entry is None:
+        raise ModelNotFound(
+            f"The embedded runtime has no model {name!r}",
+            "ask for one that GET /v1/models lists, or pull one of the catalog's "
+            "(`localcat models list --available`) with `localcat models pull NAME`",
+        )
+    path = catalog.require_path(entry, llm.models_dir)
+    if llm.lora_path is None and served_path is not None and (
+            path.resolve() == served_path.resolve()):
+        return None  # the served file itself: one llama.cpp load, not two
+    return llm.model_copy(update={"model": entry.name, "model_path": None, "lora_path": None})
+
+
 def list_models(llm: LLMSettings, hosts: OllamaHosts | None = None) -> list[str]:
     """Models the configured runtime can serve: Ollama's pulled models (on the first host that
-    answers), or the embedded model's tag."""
-    if llm.runtime == "embedded" or (llm.runtime == "auto" and not _ollama_answers(llm, hosts)):
+    answers), or the embedded model's tag followed by the other installed catalog models' names."""
+    if serves_embedded(llm, hosts):
         model, _ = _embedded_chat_model(llm)
-        return [model.model_tag]
+        return [model.model_tag, *_installed_others(llm, model)]
     urls = llm.ollama_urls
     if len(urls) > 1:
         urls = (hosts or OllamaHosts()).answering(urls) or urls

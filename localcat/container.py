@@ -12,6 +12,8 @@ from functools import cached_property
 
 from core.settings import Settings
 
+EMBEDDED = "embedded:"  # key prefix of the catalog models built besides the served one
+
 
 class Container:
     def __init__(self, settings: Settings | None = None):
@@ -188,8 +190,22 @@ class Container:
             return self._served[2]
 
     def llm_settings(self, model: str | None = None):
+        """The LLM settings that serve ``model`` (None: the served model)."""
+        return self._choose(model)[1]
+
+    def _choose(self, model: str | None):
+        """(key of the built model, settings) for ``model``. With Ollama a name is Ollama's
+        model; with the embedded runtime it is the served model's tag or an installed catalog
+        model's name (core.llm.embedded_settings: anything else is a ModelNotFound)."""
+        from core.llm import embedded_settings, serves_embedded
+
         llm = self.served_llm
-        return llm.model_copy(update={"ollama_model": model}) if model else llm
+        if not model:
+            return "", llm
+        if serves_embedded(llm, self.ollama_hosts):
+            chosen = embedded_settings(llm, model)
+            return ("", llm) if chosen is None else (EMBEDDED + chosen.model, chosen)
+        return model, llm.model_copy(update={"ollama_model": model})
 
     @property
     def ollama_hosts(self):
@@ -201,13 +217,18 @@ class Container:
             "_ollama_hosts", OllamaHosts())
 
     def chat_model(self, model: str | None = None):
-        """(BaseChatModel, tag) for the configured runtime; ``model`` overrides the model name."""
+        """(BaseChatModel, tag) for the configured runtime; ``model`` names another model than the
+        served one (see ``_choose``). Each is built, and llama.cpp loads it, on first use."""
         from core.llm import build_chat_model
 
-        key = model or ""
-        settings = self.llm_settings(model)  # first: a version switch drops the models built
+        key, settings = self._choose(model)  # first: a version switch drops the models built
         with self._lock:
             if key not in self._models:
+                if key.startswith(EMBEDDED):
+                    # Memory: besides the served model, one other embedded model at a time is
+                    # kept loaded. Answers streaming from the one dropped here finish first.
+                    for other in [k for k in self._models if k.startswith(EMBEDDED)]:
+                        del self._models[other]
                 self._models[key] = build_chat_model(settings, self.ollama_hosts)
             return self._models[key]
 

