@@ -212,18 +212,18 @@ def eval_summary(run_dir: Path | None) -> str:
     return layout.read_eval().summary()
 
 
-# --- a fine-tune run in its own process -----------------------------------------------------------
+# --- a command in its own process (a fine-tune run, a model pull) ---------------------------------
 
-class FinetuneJob:
-    """`localcat finetune run` in a process of its own, so the page stays responsive. Its output
-    is kept for the page to show, progress bars included: a carriage return replaces the line,
-    as in a terminal."""
+class CommandJob:
+    """A `localcat` command (``argv``: python -m localcat ...) in a process of its own, so the
+    page stays responsive. Its output is kept for the page to show, progress bars included: a
+    carriage return replaces the line, as in a terminal. ``title`` names it in the status line."""
 
     MAX_LINES = 400
 
-    def __init__(self, argv: list[str], env: Mapping[str, str], run_dir: Path):
+    def __init__(self, argv: list[str], env: Mapping[str, str], title: str):
         self.argv = argv
-        self.run_dir = run_dir
+        self.title = title
         self.started = time.monotonic()
         self.ended: float | None = None
         self.stopped = False
@@ -235,7 +235,7 @@ class FinetuneJob:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, env=dict(env),
                                      start_new_session=True)
-        self._reader = threading.Thread(target=self._read, name="localcat-finetune-output",
+        self._reader = threading.Thread(target=self._read, name="localcat-job-output",
                                         daemon=True)
         self._reader.start()
 
@@ -263,6 +263,11 @@ class FinetuneJob:
             del self._lines[:-self.MAX_LINES]
 
     @property
+    def command_line(self) -> str:
+        """The command as typed: ``$ localcat finetune run ...``."""
+        return "$ localcat " + " ".join(self.argv[3:]) + "\n"
+
+    @property
     def running(self) -> bool:
         return self.ended is None
 
@@ -281,17 +286,17 @@ class FinetuneJob:
     def status(self) -> str:
         seconds = (self.ended or time.monotonic()) - self.started
         took = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-        name = f"`{self.run_dir.name}`"
         if self.running:
-            return f"⏳ Run {name} is running ({took})."
+            return f"⏳ {self.title} is running ({took})."
         if self.stopped:
-            return f"⏹ Run {name} was stopped after {took}."
+            return f"⏹ {self.title} was stopped after {took}."
         if self.returncode == 0:
-            return f"✅ Run {name} finished in {took}: {self.last_line()}"
-        return f"❌ Run {name} failed after {took} (exit {self.returncode}): {self.last_line()}"
+            return f"✅ {self.title} finished in {took}: {self.last_line()}"
+        return f"❌ {self.title} failed after {took} (exit {self.returncode}): {self.last_line()}"
 
     def stop(self, wait_s: float = 10) -> None:
-        """End the run (SIGTERM, then SIGKILL after ``wait_s``); its checkpoints stay."""
+        """End the command (SIGTERM, then SIGKILL after ``wait_s``): a run's checkpoints stay, a
+        pull removes its temporary files."""
         if not self.running:
             return
         self.stopped = True
@@ -303,6 +308,14 @@ class FinetuneJob:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self._reader.join(wait_s)
+
+
+class FinetuneJob(CommandJob):
+    """`localcat finetune run` writing into ``run_dir``."""
+
+    def __init__(self, argv: list[str], env: Mapping[str, str], run_dir: Path):
+        super().__init__(argv, env, f"Run `{run_dir.name}`")
+        self.run_dir = run_dir
 
 
 def finetune_argv(run: str, *, steps: int | None = None, min_examples: int | None = None,
@@ -328,7 +341,7 @@ def finetune_argv(run: str, *, steps: int | None = None, min_examples: int | Non
 
 
 def finetune_env(settings: Any) -> dict[str, str]:
-    """The server's environment, with the settings the run must share with it (the data folder
+    """The server's environment, with the settings a command must share with it (the data folder
     and database) spelled out, in case they were given in code rather than by the environment."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LOCALCAT_DATA_DIR": str(settings.data_dir)}
     if settings.database.url:
@@ -354,6 +367,47 @@ ADMIN_CSS = """
 """
 
 
+class AdminGate:
+    """Who is behind a page request (``principal``: the server's key gate; None: a local page,
+    whose user is an admin), whether they may take an admin action, and its audit record."""
+
+    def __init__(self, principal: Callable[[Mapping[str, str]], Any] | None = None,
+                 audit: Callable[..., None] | None = None):
+        self.principal = principal
+        self.audit = audit
+
+    def who(self, request: Any) -> Any:
+        """The principal behind a page request (a ``gr.Request``); None: no gate."""
+        if self.principal is None or request is None:
+            return None
+        return self.principal(request.headers)
+
+    def is_admin(self, request: Any) -> bool:
+        try:
+            p = self.who(request)
+        except LocalCatError:
+            return False
+        return p is None or p.role == "admin"
+
+    def require(self, request: Any, what: str) -> Any:
+        """The admin behind ``request``, or a ``gr.Error`` saying why they may not do ``what``."""
+        import gradio as gr
+
+        try:
+            p = self.who(request)
+            if p is not None:
+                p.require_admin(what)
+        except Forbidden as err:
+            raise gr.Error(str(err), title="Forbidden") from err
+        except LocalCatError as err:  # an unknown or revoked key
+            raise gr.Error(str(err), title=type(err).__name__) from err
+        return p
+
+    def log(self, p: Any, action: str, target: str | None = None) -> None:
+        if self.audit is not None and p is not None:
+            self.audit(p, action, target)
+
+
 def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | None = None,
                 audit: Callable[..., None] | None = None) -> tuple[Any, Callable[..., Any], list]:
     """Lay out the Admin tab inside the page's ``gr.Tabs``; returns the tab, and the page-load
@@ -369,33 +423,8 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
     # In the temporary folder: Gradio serves files from there (not from data_dir).
     exports = Path(tempfile.mkdtemp(prefix="localcat-exports-"))
 
-    def who(request: gr.Request | None) -> Any:
-        """The principal behind a page request; None: the page runs without a gate (local)."""
-        if principal is None or request is None:
-            return None
-        return principal(request.headers)
-
-    def is_admin(request: gr.Request | None) -> bool:
-        try:
-            p = who(request)
-        except LocalCatError:
-            return False
-        return p is None or p.role == "admin"
-
-    def require_admin(request: gr.Request | None, what: str) -> Any:
-        try:
-            p = who(request)
-            if p is not None:
-                p.require_admin(what)
-        except Forbidden as err:
-            raise gr.Error(str(err), title="Forbidden") from err
-        except LocalCatError as err:  # an unknown or revoked key
-            raise gr.Error(str(err), title=type(err).__name__) from err
-        return p
-
-    def log(p: Any, action: str, target: str | None = None) -> None:
-        if audit is not None and p is not None:
-            audit(p, action, target)
+    gate = AdminGate(principal, audit)
+    is_admin, require_admin, log = gate.is_admin, gate.require, gate.log
 
     def frame(rows: list[list[Any]], headers: list[str]) -> Any:
         return pd.DataFrame(rows, columns=headers)
@@ -594,7 +623,7 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
                              force=force, ollama=ollama)
         job = jobs["current"] = FinetuneJob(argv, finetune_env(settings), runs_root / name)
         log(p, "finetune.run", name)
-        return ("$ localcat " + " ".join(argv[3:]) + "\n", job.status(), gr.Timer(active=True),
+        return (job.command_line, job.status(), gr.Timer(active=True),
                 runs_choices(None))
 
     def stop(request: gr.Request):
@@ -612,7 +641,7 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
         if job is None:
             return (gr.skip(), gr.skip(), gr.skip(), drawn, gr.skip(), gr.Timer(active=False),
                     gr.skip(), gr.skip(), gr.skip())
-        header = "$ localcat " + " ".join(job.argv[3:]) + "\n"
+        header = job.command_line
         loss = job.run_dir / "train" / "loss.json"
         mtime = loss.stat().st_mtime if loss.is_file() else 0.0
         plot = gr.skip()

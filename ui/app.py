@@ -1,4 +1,5 @@
-"""The Gradio page: chat with streamed answers and their sources, feedback, pickers and upload.
+"""The Gradio page: chat with streamed answers and their sources, feedback, pickers and upload;
+admins can pull a model from the Model picker (ui/models.py).
 
 It only renders what ``assistant/`` gives it: answers come from ``container.pipeline(...).stream``,
 feedback goes to ``container.feedback``, uploads to ``container.indexer``. The server mounts it with
@@ -152,14 +153,6 @@ def report_markdown(report: IngestReport) -> str:
     return head + "\n\n" + "\n".join(rows)
 
 
-def _configured_model(models: list[str], llm: LLMSettings) -> str | None:
-    """Which listed model the settings mean: Ollama's name (':latest' implied), else the only one."""
-    for name in (llm.ollama_model, f"{llm.ollama_model}:latest"):
-        if name in models:
-            return name
-    return models[0] if len(models) == 1 else None
-
-
 # --- the page -------------------------------------------------------------------------------------
 
 def _as_localcat_error(exc: Exception, llm: LLMSettings | None = None) -> LocalCatError | None:
@@ -202,40 +195,82 @@ def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | 
     except ImportError as err:
         raise MissingDependency("gradio", "./scripts/setup") from err
 
-    from ui.admin import build_admin
+    from ui.admin import AdminGate, CommandJob, build_admin
+    from ui.models import picker, pull_argv, pull_env
 
     settings = container.settings
     default_collection = settings.chroma.collection
+    gate = AdminGate(principal, audit)
+    # One pull at a time for the whole page, followed by whichever admin tab has it open.
+    pulls: dict[str, Any] = {"job": None, "name": None}
 
     def collection_choices() -> list[tuple[str, str]]:
         return [(f"{c['name']} ({c['files']} files, {c['chunks']} chunks)", c["name"])
                 for c in container.store.collections()]
 
-    def model_choices() -> list[str]:
-        from core.llm import list_models
-
-        return list_models(container.served_llm)
-
     # The model the settings name, as the list spells it. Asking with it passes no override, so the
     # page shares the container's default model (one llama.cpp load) with the HTTP API.
     configured: dict[str, str | None] = {"model": None}
+
+    def model_dropdown(model: str | None):
+        chosen = picker(container)
+        if chosen.error is not None:
+            # The page stays usable with the configured model; say why the list is short.
+            _warn(chosen.error)
+        configured["model"] = chosen.configured
+        if model not in chosen.values:
+            model = chosen.configured
+        return gr.Dropdown(choices=chosen.choices, value=model, info=chosen.info)
 
     def refresh(collection: str | None, model: str | None):
         colls = collection_choices()
         names = [v for _, v in colls]
         if collection not in names:
             collection = default_collection if default_collection in names or not names else names[0]
-        try:
-            models = model_choices()
-        except LocalCatError as err:
-            # The page stays usable with the configured model; say why the list is empty.
-            _warn(err)
-            models = []
-        configured["model"] = _configured_model(models, container.served_llm)
-        if model not in models:
-            model = configured["model"]
-        return (gr.Dropdown(choices=colls, value=collection),
-                gr.Dropdown(choices=models, value=model))
+        return gr.Dropdown(choices=colls, value=collection), model_dropdown(model)
+
+    # --- pulling a model (admins) -----------------------------------------------------------------
+
+    def start_pull(model: str | None, request: gr.Request):
+        from core.catalog import CATALOG
+        from core.llm import serves_embedded
+
+        p = gate.require(request, "pull models")
+        name = (model or "").strip()
+        job: CommandJob | None = pulls["job"]
+        if job is not None and job.running:
+            gr.Warning(f"{job.title} is still running.")
+            return gr.skip(), gr.skip(), gr.skip()
+        embedded = serves_embedded(container.served_llm, container.ollama_hosts)
+        if not name or (embedded and name not in CATALOG):
+            gr.Warning(f"Pick a model to pull first: one of {', '.join(CATALOG)}" if embedded
+                       else "Type the name of an Ollama model first (e.g. llama3.2).")
+            return gr.skip(), gr.skip(), gr.skip()
+        job = pulls["job"] = CommandJob(pull_argv(name, ollama=not embedded),
+                                        pull_env(settings), f"Pull of `{name}`")
+        pulls["name"] = name
+        gate.log(p, "models.pull", name)
+        return (gr.Textbox(value=job.command_line, visible=True), job.status(),
+                gr.Timer(active=True))
+
+    def follow_pull(model: str | None, request: gr.Request):
+        gate.require(request, "follow model pulls")
+        job = pulls["job"]
+        if job is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        output = gr.Textbox(value=job.command_line + job.output(), visible=True)
+        if job.running:
+            return output, job.status(), gr.skip(), gr.skip()
+        # Done: list it as installed (and pick it) once it is.
+        return (output, job.status(), gr.Timer(active=False),
+                model_dropdown(pulls["name"] if job.returncode == 0 else model))
+
+    def pull_load(request: gr.Request):
+        """The Pull button for admins; a pull that is going on is followed."""
+        if not gate.is_admin(request):
+            return gr.Button(visible=False), gr.skip()
+        job = pulls["job"]
+        return gr.Button(visible=True), gr.Timer(active=job is not None and job.running)
 
     def ask(question: str, chat: list[dict], session: Session, collection: str | None,
             model: str | None):
@@ -384,7 +419,12 @@ def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | 
                                              allow_custom_value=True, elem_id="collection", scale=3,
                                              info="Type a new name to upload into a new collection.")
                     model = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
+                    pull_btn = gr.Button("⬇ Pull", elem_id="pull", scale=1, size="sm", visible=False)
                     refresh_btn = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
+                pull_status = gr.Markdown("", elem_id="pull-status")
+                pull_log = gr.Textbox(label="Pull output", lines=6, max_lines=6, autoscroll=True,
+                                      interactive=False, visible=False, elem_id="pull-log")
+                pull_timer = gr.Timer(1.0, active=False)
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         chat = gr.Chatbot(label="Chat", elem_id="chat", height=460,
@@ -415,7 +455,13 @@ def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | 
         pickers = [collection, model]
         page.load(refresh, pickers, pickers)
         page.load(admin_load, None, admin_outputs)
+        page.load(pull_load, None, [pull_btn, pull_timer])
         refresh_btn.click(refresh, pickers, pickers)
+        # Admins only (each handler checks): hidden from the API docs as the Admin tab's are.
+        pull_btn.click(start_pull, [model], [pull_log, pull_status, pull_timer],
+                       api_visibility="undocumented")
+        pull_timer.tick(follow_pull, [model], [pull_log, pull_status, pull_timer, model],
+                        api_visibility="undocumented")
 
         # One event for Enter and the button, one answer at a time: llama.cpp serves one
         # generation at a time anyway, and a queue shows the user their place instead of hanging.

@@ -1,8 +1,10 @@
 """Choosing an embedded model by name: what list_models shows, how a name maps to the settings
-that serve it, and which models the container keeps loaded."""
+that serve it, which models the container keeps loaded, and what the page's picker lists."""
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from core.errors import ModelNotFound
 from core.llm import embedded_settings, list_models
 from core.settings import LLMSettings, Settings
 from localcat.container import Container
+from ui.models import picker, pull_argv, pull_env
 
 
 def sparse(path: Path, size: int) -> Path:
@@ -113,3 +116,32 @@ def test_the_container_loads_one_other_embedded_model_at_a_time(models_dir: Path
     # With Ollama a name is Ollama's model, as before.
     ollama = Container(Settings(llm={"runtime": "ollama"}))
     assert ollama.llm_settings("mistral").ollama_model == "mistral"
+
+
+def test_the_picker_lists_installed_models_then_the_catalog_others(models_dir: Path):
+    c = Container(Settings(llm={"runtime": "embedded", "model": "model-a",
+                                "models_dir": models_dir}))
+    chosen = picker(c)
+    assert chosen.choices == [("ModelA.Q4", "ModelA.Q4"), ("model-b", "model-b"),
+                              ("model-d", "model-d"),
+                              ("model-c (not installed, 1.1 GB)", "model-c")]
+    assert chosen.configured == "ModelA.Q4" and chosen.error is None
+    assert "one at a time" in chosen.info
+
+    # The served model not pulled: said, and the installed others are still offered.
+    c = Container(Settings(llm={"runtime": "embedded", "model": "model-c",
+                                "models_dir": models_dir}))
+    chosen = picker(c)
+    assert "localcat models pull model-c" in str(chosen.error) and chosen.configured is None
+    assert chosen.values == ["model-a", "model-b", "model-d", "model-c"]
+
+
+def test_the_pull_command_and_its_environment(tmp_path: Path):
+    assert pull_argv("model-c") == [sys.executable, "-m", "localcat", "models", "pull", "model-c"]
+    assert pull_argv("llama3.2", ollama=True)[-1] == "ollama:llama3.2"
+    settings = Settings(data_dir=tmp_path / "d", llm={"models_dir": tmp_path / "m"},
+                        models={"pip_args": ["--no-index"]})
+    env = pull_env(settings)
+    assert env["LOCALCAT_DATA_DIR"] == str(tmp_path / "d")
+    assert env["LOCALCAT_LLM__MODELS_DIR"] == str(tmp_path / "m")
+    assert json.loads(env["LOCALCAT_MODELS__PIP_ARGS"]) == ["--no-index"]
