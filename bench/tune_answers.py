@@ -1,0 +1,103 @@
+"""Tune the answer settings on the dev split of the FAQ answer set; report the choice on held-out.
+
+Each candidate (prompt version, shown chunks k, repeat penalty) answers the same dev questions
+with the default model through `localcat eval --answers` (the real pipeline). The candidate with
+the highest key-fact recall (F1 breaking ties; none with more looping answers than the current
+default) is then run beside the current default on the held-out split, which nothing here was
+chosen on.
+
+    .venv/bin/python bench/tune_answers.py [--dev-limit 40] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from _common import append
+
+FAQ = Path.home() / ".local/share/localcat/eval/python-faq"
+LOCALCAT = Path(sys.executable).parent / "localcat"
+
+CANDIDATES = {
+    "default (rag-v2, k 3, repeat 1.1)": {},
+    "rag-v3 (own wording)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v3"},
+    "rag-v4 (quote)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v4"},
+    "k 5": {"LOCALCAT_RETRIEVAL__K": "5"},
+    "repeat 1.0": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.0"},
+}
+KEYS = ("key_fact_recall", "token_f1", "source_shown", "citation_correct", "repetition",
+        "not_found", "latency_p50_s")
+
+
+def run(env_over: dict[str, str], split: str, limit: int | None, work: Path) -> dict:
+    """One candidate's figures (kept in ``work``: an interrupted tuning resumes)."""
+    key = "-".join(f"{k}={v}" for k, v in sorted(env_over.items())) or "default"
+    cached = work / f"result-{split}-{limit}-{key}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    args = [str(LOCALCAT), "eval", str(FAQ), "--answers", str(FAQ / "answers.jsonl"),
+            "--split", split, "--work-dir", str(work), "--no-plot", "--json"]
+    if limit:
+        args += ["--limit", str(limit)]
+    done = subprocess.run(args, env={**os.environ, **env_over}, capture_output=True, text=True,
+                          timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    report = json.loads(done.stdout)
+    [model] = report["models"].values()
+    result = {k: model["metrics"].get(k) for k in KEYS} | {"questions": report["dataset"]["questions"]}
+    cached.write_text(json.dumps(result))
+    return result
+
+
+def fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dev-limit", type=int, default=40)
+    ap.add_argument("--work-dir", type=Path, default=Path("/tmp/localcat-bench-tune-answers"))
+    ap.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                    help="Candidates to run besides the default (names as in CANDIDATES).")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+
+    dev = {}
+    chosen = {n: e for n, e in CANDIDATES.items()
+              if args.only is None or n in args.only or n.startswith("default")}
+    for name, env in chosen.items():
+        dev[name] = run(env, "dev", args.dev_limit, args.work_dir)
+        print(name, json.dumps(dev[name]), file=sys.stderr, flush=True)
+    base = dev["default (rag-v2, k 3, repeat 1.1)"]
+    allowed = {n: m for n, m in dev.items() if (m["repetition"] or 0) <= (base["repetition"] or 0)}
+    best = max(allowed, key=lambda n: (allowed[n]["key_fact_recall"] or 0, allowed[n]["token_f1"] or 0))
+    held = {"default (rag-v2, k 3, repeat 1.1)": run({}, "heldout", None, args.work_dir)}
+    if best != "default (rag-v2, k 3, repeat 1.1)":
+        held[best] = run(CANDIDATES[best], "heldout", None, args.work_dir)
+
+    header = ("| candidate | questions | key-fact recall | F1 | source shown | correct [n] | "
+              "looping | not found | p50 s |\n|---|---|---|---|---|---|---|---|---|")
+
+    def table(rows: dict) -> str:
+        return header + "\n" + "\n".join(
+            f"| {n} | {m['questions']} | " + " | ".join(fmt(m[k]) for k in KEYS) + " |"
+            for n, m in rows.items())
+
+    body = (f"The default model (Qwen2.5-Coder-0.5B Q4_K_M) through the real pipeline. Candidates "
+            f"on the first {args.dev_limit} dev questions of the FAQ answer set; the best by "
+            f"key-fact recall (no more looping than the default) is **{best}**.\n\n"
+            f"Dev split (chosen on):\n\n{table(dev)}\n\nHeld-out split (never tuned on):\n\n"
+            f"{table(held)}")
+    print(body)
+    if args.write:
+        append("Answer settings tuned on the dev split", body)
+
+
+if __name__ == "__main__":
+    main()
