@@ -20,12 +20,16 @@ from pathlib import Path
 from core.errors import BadFile, Cancelled
 from core.schemas import Chunk, chunk_id
 from core.settings import ChunkingSettings, IngestSettings
-from ingest.chunking import chunk_sections
-from ingest.loaders import load_file
 
 
 def chunk_file(path: Path, digest: str, ing: IngestSettings, ch: ChunkingSettings) -> list[Chunk]:
     """Parse and chunk one file (in this process); ``BadFile`` when it cannot be ingested."""
+    # Here, not at the top: the splitter pulls in most of LangChain (~0.2 s), which the
+    # indexer's process never needs (the workers parse) and a re-ingest of unchanged files
+    # should not pay for.
+    from ingest.chunking import chunk_sections
+    from ingest.loaders import load_file
+
     sections = load_file(path, max_bytes=int(ing.max_file_mb * 2**20),
                          max_unzipped_bytes=int(ing.max_unzipped_mb * 2**20),
                          max_zip_ratio=ing.max_zip_ratio)
