@@ -20,6 +20,15 @@ transformers Trainer) at the settings' defaults, ``--warmup`` steps then ``--ste
 Each arm's JSON line is printed and appended to OUT/results.jsonl as soon as it ends, so one
 failure loses nothing else. The loss of random weights means nothing and is kept only as a sign
 that training ran.
+
+The device image lacks these; they travel as wheels in the ignored .whl/ (cp312, manylinux,
+``--no-deps``): unsloth and unsloth_zoo 2026.10.9, trl 1.15.0, datasets 4.8.5, dill, multiprocess,
+json5, cut_cross_entropy, peft 0.21.2, pydantic (+ pydantic_core, annotated-types,
+typing-inspection, typing_extensions), pydantic-settings, python-dotenv, langchain-core, fsspec,
+and bitsandbytes (unsloth on CUDA will not load a model without it, even for a 16-bit LoRA)
+repacked with only its CUDA 13.0 and CPU libraries to fit the 64 MiB that travels. The call:
+``pip install --no-index --no-deps --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site python3
+bench/gpu_finetune.py --device-run --prep .gpu-bench --out $OUT --steps 40 --warmup 5``.
 """
 
 from __future__ import annotations
