@@ -36,6 +36,8 @@ def test_int8_vectors_agree_with_fp32_and_rank_alike(tmp_path: Path) -> None:
     # Dynamic quantisation scales activations per batch, so a text's vector moves a little with
     # its batch-mates (padding included); it must stay the same text.
     assert float(again.encode(TEXTS[:1])[0] @ b[0]) > 0.97
+    # Encoded sorted by length, returned in the order given.
+    assert np.allclose(int8.encode(TEXTS[::-1])[::-1], b, atol=1e-6)
 
 
 def test_a_collection_keeps_the_embedder_it_was_built_with(tmp_path: Path, docs_dir: Path) -> None:
