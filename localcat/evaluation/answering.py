@@ -4,7 +4,11 @@ Every question goes through ``Container.pipeline(collection).stream`` exactly as
 sends it; answers are read only through the pipeline's events (Token, Done). Per answer:
 
 - source_shown: a chunk of the reference source is among the chunks shown with the answer;
-- citation_correct: share of the chunks the answer cites as [n] that come from the reference source;
+- citation_correct: share of the chunks the answer cites as [n] that come from the reference source
+  (over the answers that cite any);
+- grounded_cites_source: the answer is grounded (a chunk of the reference source was shown and the
+  answer is not "not found") and at least one of its [n] points at a chunk of that source; None for
+  answers that are not grounded (the issue's target: ≥ 80 % of grounded answers);
 - key_fact_recall: share of the reference's first 60 distinct content words found in the answer;
 - token_f1: F1 of the content words of answer and reference;
 - support: share of the answer's distinct content words found in the chunks it cites (in all
@@ -40,6 +44,7 @@ from localcat.evaluation.runner import Prepared
 if TYPE_CHECKING:
     from core.schemas import Answer, Citation
     from core.settings import LLMSettings, Settings
+    from localcat.evaluation.records import AnswerRecord, RecordWriter
 
 
 def resolve_model(spec: str, settings: Settings) -> LLMSettings:
@@ -113,13 +118,16 @@ def score_answer(item: AnswerItem, answer: str, shown: list[Citation],
         "kind": item.kind, "answer": answer,
         "shown": [doc_of(c.source) for c in shown], "cited": [c.n for c in cited],
         "refused": refused, "repetitive": is_repetitive(answer),
-        "source_shown": None, "citation_correct": None, "key_fact_recall": None, "token_f1": None,
+        "source_shown": None, "citation_correct": None, "grounded_cites_source": None,
+        "key_fact_recall": None, "token_f1": None,
     }
     if item.answerable:
         if refs:
             row["source_shown"] = any(doc_of(c.source) in refs for c in shown)
             if cited:
                 row["citation_correct"] = sum(doc_of(c.source) in refs for c in cited) / len(cited)
+            if row["source_shown"] and not refused:
+                row["grounded_cites_source"] = any(doc_of(c.source) in refs for c in cited)
         row["key_fact_recall"] = key_fact_recall(answer, item.answer)
         row["token_f1"] = token_f1(answer, item.answer)
     evidence = cited or shown
@@ -142,6 +150,8 @@ def summarize(rows: Iterable[dict]) -> dict:
         "source_shown": mean(r["source_shown"] for r in answerable),
         "cited": mean(bool(r["cited"]) for r in answerable) if answerable else None,
         "citation_correct": mean(r["citation_correct"] for r in answerable),
+        "grounded_answers": sum(r.get("grounded_cites_source") is not None for r in answerable),
+        "grounded_citation_correct": mean(r.get("grounded_cites_source") for r in answerable),
         "key_fact_recall": mean(r["key_fact_recall"] for r in answerable),
         "token_f1": mean(r["token_f1"] for r in answerable),
         "support": mean(r["support"] for r in rows),
@@ -157,8 +167,10 @@ def summarize(rows: Iterable[dict]) -> dict:
 
 
 def run_model(prepared: Prepared, items: list[AnswerItem], llm: LLMSettings, *,
-              quiet: bool = False, desc: str = "answers") -> tuple[str, list[dict]]:
-    """(model tag, per-answer rows) for one model over the answer set."""
+              quiet: bool = False, desc: str = "answers",
+              records: list[AnswerRecord] | RecordWriter | None = None) -> tuple[str, list[dict]]:
+    """(model tag, per-answer rows) for one model over the answer set; with ``records``, each
+    question's record (shown chunks, raw and marked-up text) is appended to it."""
     from tqdm import tqdm
 
     from core.prompt import NOT_FOUND
@@ -178,6 +190,9 @@ def run_model(prepared: Prepared, items: list[AnswerItem], llm: LLMSettings, *,
         chunks = c.store.chunks(prepared.collection, [s.chunk_id for s in shown])
         row = score_answer(item, t.answer.answer, shown, prepared.doc_of,
                            {i: ch.text for i, ch in chunks.items()}, NOT_FOUND)
+        if records is not None:
+            records.append(_record(desc, item, t.answer, prepared.doc_of,
+                                   {i: ch.text for i, ch in chunks.items()}))
         row.update(grounded=t.answer.grounded, latency_s=round(t.latency_s, 4),
                    ttft_s=None if t.ttft_s is None else round(t.ttft_s, 4), tokens=t.tokens,
                    decode_s=None if t.decode_s is None or not t.answer.grounded
@@ -186,14 +201,29 @@ def run_model(prepared: Prepared, items: list[AnswerItem], llm: LLMSettings, *,
     return tag, rows
 
 
+def _record(model: str, item: AnswerItem, answer: Answer, doc_of: Callable[[str], str],
+            chunk_text: Mapping[str, str]) -> AnswerRecord:
+    from localcat.evaluation.records import AnswerRecord, ShownChunk
+
+    return AnswerRecord(
+        model=model, id=item.id, question=item.question, reference=item.answer,
+        reference_docs=list(item.sources), kind=item.kind,
+        shown=[ShownChunk(n=c.n, chunk_id=c.chunk_id, doc=doc_of(c.source),
+                          text=chunk_text.get(c.chunk_id, "")) for c in answer.citations],
+        raw_answer=answer.raw_answer or answer.answer, answer=answer.answer,
+        sentences=answer.sentences)
+
+
 def evaluate_answers(items: list[AnswerItem], prepared: Prepared, models: list[str],
-                     settings: Settings, *, quiet: bool = False) -> dict:
-    """The answer report: per model, its figures side by side and every answer."""
+                     settings: Settings, *, quiet: bool = False,
+                     records: list[AnswerRecord] | RecordWriter | None = None) -> dict:
+    """The answer report: per model, its figures side by side and every answer (and, with
+    ``records``, each answer's record appended to it)."""
     report_models: dict[str, dict] = {}
     for spec in models:
         llm = resolve_model(spec, settings)
         label = spec if spec not in report_models else f"{spec}#{len(report_models) + 1}"
-        tag, rows = run_model(prepared, items, llm, quiet=quiet, desc=label)
+        tag, rows = run_model(prepared, items, llm, quiet=quiet, desc=label, records=records)
         report_models[label] = {
             "spec": spec, "tag": tag,
             "llm": llm.model_dump(mode="json", include={"runtime", "model_path", "lora_path",

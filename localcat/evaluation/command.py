@@ -26,6 +26,11 @@ from localcat.evaluation.report import require_matplotlib
               help="With --answers: a model to answer with, repeatable for a side-by-side run: "
                    "'default' (what `localcat serve` serves), a GGUF file, or ollama:NAME. "
                    "[default: default]")
+@click.option("--records", "records_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="With --answers: write one JSON line per question and model (the chunks shown, "
+                   "the model's text, the marked-up text, each sentence's sources), to study or "
+                   "re-score citations offline.")
 @click.option("--limit", type=click.IntRange(min=1), default=None,
               help="With --answers: only the first N questions.")
 @click.option("--split", default=None,
@@ -49,7 +54,8 @@ from localcat.evaluation.report import require_matplotlib
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Path, ...],
-                 models: tuple[str, ...], limit: int | None, split: str | None,
+                 models: tuple[str, ...], records_path: Path | None, limit: int | None,
+                 split: str | None,
                  work_dir: Path | None, chunk_size: int | None, chunk_overlap: int | None,
                  rrf_k: int | None, dense_weight: float | None, bm25_weight: float | None,
                  candidates: int | None, min_similarity: float | None, min_coverage: float | None,
@@ -73,8 +79,8 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
     """
     from core.settings import RetrievalSettings, Settings
 
-    if answers_path is None and (docs or models or limit):
-        raise click.UsageError("--docs, --model and --limit go with --answers")
+    if answers_path is None and (docs or models or limit or records_path):
+        raise click.UsageError("--docs, --model, --limit and --records go with --answers")
     if answers_path is None and folder is None:
         raise click.UsageError("give a BEIR FOLDER, or --answers ANSWERS.jsonl with --docs")
     if answers_path is not None and (folder is None) == (not docs):
@@ -100,7 +106,7 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
 
     if answers_path is not None:
         report, default_plot = _answers(answers_path, folder, list(docs), list(models) or ["default"],
-                                        split, limit, work_dir, settings, quiet)
+                                        split, limit, work_dir, settings, quiet, records_path)
     else:
         report, default_plot = _retrieval(folder, split or "test", work_dir, settings, quiet)
     if not no_plot:
@@ -139,9 +145,11 @@ def _retrieval(folder: Path, split: str, work_dir: Path | None, settings, quiet:
 
 
 def _answers(answers_path: Path, folder: Path | None, docs: list[Path], models: list[str],
-             split: str | None, limit: int | None, work_dir: Path | None, settings, quiet: bool):
+             split: str | None, limit: int | None, work_dir: Path | None, settings, quiet: bool,
+             records_path: Path | None = None):
     from localcat.evaluation.answering import evaluate_answers, resolve_model
     from localcat.evaluation.datasets import load_answers, load_beir
+    from localcat.evaluation.records import RecordWriter
     from localcat.evaluation.runner import prepare, prepare_files
 
     items = load_answers(answers_path, split=split, limit=limit)
@@ -153,7 +161,10 @@ def _answers(answers_path: Path, folder: Path | None, docs: list[Path], models: 
             prepared = prepare(load_beir(folder), scratch, settings, quiet=quiet)
         else:
             prepared = prepare_files(docs, scratch, settings, quiet=quiet)
-        report = evaluate_answers(items, prepared, models, settings, quiet=quiet)
+        records = RecordWriter(records_path) if records_path is not None else None
+        report = evaluate_answers(items, prepared, models, settings, quiet=quiet, records=records)
+        if records_path is not None:
+            report["records"] = str(records_path)
     finally:
         if work_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)

@@ -91,6 +91,8 @@ ANSWER_ROWS = (
     ("source_shown", "reference source among the chunks shown", "share"),
     ("cited", "answers with a [n] citation", "share"),
     ("citation_correct", "citations pointing at the reference source", "share"),
+    ("grounded_answers", "grounded: source shown, not 'not found'", "count"),
+    ("grounded_citation_correct", "grounded answers citing the source", "share"),
     ("key_fact_recall", "key-fact recall (first 60 content words)", "share"),
     ("token_f1", "token F1 against the reference", "share"),
     ("support", "support: answer words found in cited chunks", "share"),
@@ -108,7 +110,8 @@ ANSWER_ROWS = (
 def _cell(value: float | None, unit: str) -> str:
     if value is None:
         return "—"
-    return {"share": f"{value:.3f}", "s": f"{value:.2f} s", "tok/s": f"{value:.1f}"}[unit]
+    return {"share": f"{value:.3f}", "s": f"{value:.2f} s", "tok/s": f"{value:.1f}",
+            "count": f"{value}"}[unit]
 
 
 def render_answer_table(report: dict) -> str:

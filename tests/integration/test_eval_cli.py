@@ -177,8 +177,9 @@ def test_eval_answers_on_a_beir_corpus_match_sources_by_doc_id(beir, tiny_runtim
         {"id": "q2", "question": QUERIES["q2"][0], "answer": DOCS["helpdesk"],
          "source": ["helpdesk", "espresso"]},
     ]))
+    records = tmp_path / "records.jsonl"
     result = CliRunner().invoke(eval_command, [str(beir), "--answers", str(answers), "--json",
-                                               "--no-plot", "-q"])
+                                               "--no-plot", "-q", "--records", str(records)])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["dataset"]["docs"] == [str(beir)] and report["chunks"] == 6
@@ -187,3 +188,15 @@ def test_eval_answers_on_a_beir_corpus_match_sources_by_doc_id(beir, tiny_runtim
     assert m["metrics"]["source_shown"] == 1.0
     check_citations(m["metrics"], m["answers"], {"vacation", "helpdesk", "espresso"})
     assert m["metrics"]["refusal"] is None  # no unanswerable question in this set
+
+    # The records hold what was shown and said; scored offline they give the report's figures.
+    from localcat.evaluation.records import read_records, score_record
+
+    kept = read_records(records)
+    assert [(r.model, r.id) for r in kept] == [("default", "q1"), ("default", "q2")]
+    for record, row in zip(kept, m["answers"], strict=True):
+        assert [c.doc for c in record.shown] == row["shown"] and record.answer == row["answer"]
+        assert record.shown[0].text and record.raw_answer
+        again = score_record(record)
+        for key in ("cited", "citation_correct", "grounded_cites_source", "key_fact_recall"):
+            assert again[key] == row[key], key

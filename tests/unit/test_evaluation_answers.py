@@ -115,6 +115,22 @@ def test_score_answer_right_reference_scores_higher_than_a_wrong_one():
     assert good["support"] == bad["support"] == pytest.approx(0.8)
     assert good["cited"] == [1] and good["shown"] == ["handbook.md", "office-guide.txt"]
     assert not good["refused"] and not good["repetitive"]
+    # Grounded (source shown, not refused) and citing it; the wrong reference was never shown.
+    assert good["grounded_cites_source"] is True and bad["grounded_cites_source"] is None
+
+
+def test_grounded_answers_count_with_or_without_marks_and_not_when_refused():
+    item = AnswerItem("q", "Vacation days?", CHUNKS["c1"], ("handbook.md",))
+    wrong_mark = [cite(1, "/docs/handbook.md"), cite(2, "/docs/office-guide.txt", cited=True)]
+    assert score_answer(item, "27 days [2].", wrong_mark, doc_of, CHUNKS)[
+        "grounded_cites_source"] is False
+    unmarked = [cite(1, "/docs/handbook.md"), cite(2, "/docs/office-guide.txt")]
+    row = score_answer(item, "27 days.", unmarked, doc_of, CHUNKS)
+    # No mark at all: not counted by citation_correct, a miss among grounded answers.
+    assert row["citation_correct"] is None and row["grounded_cites_source"] is False
+    refused = score_answer(item, "I could not find that in the documents.", unmarked, doc_of,
+                           CHUNKS)
+    assert refused["source_shown"] and refused["grounded_cites_source"] is None
 
 
 def test_score_answer_without_marks_supports_from_all_chunks_and_refusals_get_none():
@@ -132,7 +148,8 @@ def test_score_answer_without_marks_supports_from_all_chunks_and_refusals_get_no
 
 def row(answerable=True, refused=False, latency=1.0, ttft=0.5, tokens=1, decode=None, **kw):
     base = {"answerable": answerable, "refused": refused, "repetitive": False, "cited": [],
-            "source_shown": None, "citation_correct": None, "key_fact_recall": None,
+            "source_shown": None, "citation_correct": None, "grounded_cites_source": None,
+            "key_fact_recall": None,
             "token_f1": None, "support": None, "latency_s": latency, "ttft_s": ttft,
             "tokens": tokens, "decode_s": decode}
     return {**base, **kw}
@@ -141,7 +158,8 @@ def row(answerable=True, refused=False, latency=1.0, ttft=0.5, tokens=1, decode=
 def test_summarize_by_hand():
     rows = [
         row(source_shown=True, cited=[1], citation_correct=1.0, key_fact_recall=0.5,
-            token_f1=0.4, support=0.9, latency=1.0, ttft=0.2, tokens=11, decode=2.0),
+            token_f1=0.4, support=0.9, latency=1.0, ttft=0.2, tokens=11, decode=2.0,
+            grounded_cites_source=True),
         row(source_shown=False, cited=[1, 2], citation_correct=0.5, key_fact_recall=0.1,
             token_f1=0.2, support=0.5, latency=2.0, ttft=0.4, tokens=6, decode=1.0,
             repetitive=True),
@@ -163,6 +181,17 @@ def test_summarize_by_hand():
     assert m["latency_p50_s"] == 2.0 and m["latency_p95_s"] == pytest.approx(3.8)
     assert m["ttft_p50_s"] == 0.3
     assert m["tokens_per_s"] == pytest.approx((10 + 5 + 2) / 3.5)
+
+
+def test_summarize_grounded_citation_correct_is_over_grounded_answers_only():
+    rows = [row(source_shown=True, grounded_cites_source=True),
+            row(source_shown=True, grounded_cites_source=False),
+            row(source_shown=True, grounded_cites_source=True),
+            row(source_shown=False), row(refused=True, source_shown=True),
+            row(answerable=False)]
+    m = summarize(rows)
+    assert m["grounded_answers"] == 3
+    assert m["grounded_citation_correct"] == pytest.approx(2 / 3)
 
 
 def test_summarize_leaves_what_was_not_measured_as_none():
@@ -282,3 +311,33 @@ def test_the_faq_answer_set_builder_writes_what_load_answers_reads(tmp_path):
         {i.id: i.split for i in items.values()}
     splits = [build.split_of(f"question {n}") for n in range(1000)]
     assert 150 < splits.count("heldout") < 250 and set(splits) == {"heldout", "dev"}
+
+
+def test_records_round_trip_and_rescore_offline(tmp_path):
+    from assistant.citations import CitationAttributor
+    from localcat.evaluation.records import (
+        AnswerRecord,
+        ShownChunk,
+        read_records,
+        rescore,
+        score_record,
+        write_records,
+    )
+
+    raw = "Full-time employees get 27 days of paid vacation per year [2]."
+    record = AnswerRecord(
+        model="default", id="q1", question="Vacation days?", reference=CHUNKS["c1"],
+        reference_docs=["handbook.md"],
+        shown=[ShownChunk(n=1, chunk_id="c1", doc="handbook.md", text=CHUNKS["c1"]),
+               ShownChunk(n=2, chunk_id="c2", doc="office-guide.txt", text=CHUNKS["c2"])],
+        raw_answer=raw, answer=raw)
+    write_records(tmp_path / "r.jsonl", [record])
+    [back] = read_records(tmp_path / "r.jsonl")
+    assert back == record
+    assert score_record(back)["grounded_cites_source"] is False  # the model's wrong [2]
+
+    fixed = rescore(back, CitationAttributor())  # word overlap: the sentence is chunk 1's
+    assert fixed.raw_answer == raw and fixed.answer.endswith("per year [1].")
+    assert fixed.sentences[0].model_sources == [2] and fixed.sentences[0].sources == [1]
+    row = score_record(fixed)
+    assert row["grounded_cites_source"] is True and row["citation_correct"] == 1.0
