@@ -137,6 +137,9 @@ class Indexer:
         # report follows the file order, and the window keeps workers busy during encodes.
         parsing: deque[tuple[Path, str, bool, Future]] = deque()
         window = 2 * self.parser.workers + 2
+        # Read once, not once a file: a switch of retrieval version meanwhile re-stamps the files,
+        # which then no longer match and are done again (rare, and correct).
+        config = self.config_key(collection)
 
         def done(result: FileResult) -> None:
             report.files.append(result)
@@ -166,7 +169,7 @@ class Indexer:
                 _check_cancel(cancel)
                 seen.add(str(path))
                 checked = (FileResult(path=str(path), status="failed", reason=problem) if problem
-                           else self._check(path, collection))
+                           else self._check(path, collection, config))
                 if isinstance(checked, FileResult):
                     done(checked)
                     continue
@@ -193,7 +196,7 @@ class Indexer:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _check(self, path: Path, collection: str) -> tuple[str, bool] | FileResult:
+    def _check(self, path: Path, collection: str, config: str) -> tuple[str, bool] | FileResult:
         """(content hash, known before) of a file to parse, or its result when it is unchanged."""
         key = str(path)
         try:
@@ -201,7 +204,7 @@ class Indexer:
         except OSError as exc:
             return FileResult(path=key, status="failed", reason=f"cannot read: {exc.strerror}")
         old = self.store.file(collection, key)
-        if old and old.state == "done" and old.file_hash == digest and old.config == self.config_key(collection):
+        if old and old.state == "done" and old.file_hash == digest and old.config == config:
             return FileResult(path=key, status="skipped", chunks=old.chunks)
         return digest, old is not None
 
