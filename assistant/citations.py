@@ -58,6 +58,18 @@ MARK = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
 _FENCE = re.compile(r"^\s*(```|~~~)")
 _PREFIX = re.compile(r"^\s*(?:#{1,6}\s+|>\s*|(?:[-*+•]|\d{1,3}[.)])\s+)*")
 _RULE = re.compile(r"^\s*(?:[-*_]\s*){3,}$")
+# A line of code the model wrote without a fence (Qwen2.5-Coder-0.5B copies a FAQ's listing as
+# bare lines: "import config", "config.x = 1"): a mark there would break the code when copied.
+# Prose never starts with a bare assignment, import, call or def, so these stay claims.
+_CODE_LINE = re.compile(r"""^\s*(?:
+    (?:>>>|\.\.\.)(?:\s|$)                                       # interpreter prompt
+    | (?:from\s+[\w.]+\s+)?import\s+[\w.*]+(?:\s*,\s*[\w.*]+)*(?:\s+as\s+\w+)?\s*$
+    | (?:async\s+)?(?:def|class)\s+\w+\s*[(:].*$
+    | @[\w.]+(?:\(.*\))?\s*$                                       # decorator
+    | (?:return|raise|yield|pass|break|continue|del|assert|global|nonlocal)\b.*(?<![.!?])\s*$
+    | [A-Za-z_][\w.]*(?:\[[^\]]*\])?(?:\s*,\s*[A-Za-z_][\w.]*)*\s*(?:[-+*/%|&^@]|//|\*\*|>>|<<)?=(?!=).*$
+    | [A-Za-z_][\w.]*\(.*\)\s*(?:\#.*)?$                          # a call on its own
+)""", re.VERBOSE)
 # Sentence end: terminal punctuation, closing quotes/brackets/bold, then marks the model put after
 # the full stop ("... per year. [1]"), which belong to the sentence they follow.
 _END = re.compile(r"[.!?…]+[\"'”’)\]*_]*(?:\s*\[\d{1,3}(?:\s*[,;]\s*\d{1,3})*\])*(?=\s|$)")
@@ -75,9 +87,9 @@ class Span:
 def split_sentences(text: str) -> list[Span]:
     """Spans of ``text`` that state something: sentences and list items.
 
-    Left out, as claiming nothing a source could back: fenced code, table rows, rules, lead-ins
-    ending with a colon, questions, refusals and pleasantries, and echoes of the prompt's source
-    headers.
+    Left out, as claiming nothing a source could back: code (fenced, or lines of code without a
+    fence), table rows, rules, lead-ins ending with a colon, questions, refusals and pleasantries,
+    and echoes of the prompt's source headers.
     """
     spans: list[Span] = []
     in_code = False
@@ -88,7 +100,8 @@ def split_sentences(text: str) -> list[Span]:
             in_code = not in_code
             continue
         body = line.rstrip("\r\n")
-        if in_code or not body.strip() or body.lstrip().startswith("|") or _RULE.match(body):
+        if (in_code or not body.strip() or body.lstrip().startswith("|") or _RULE.match(body)
+                or _CODE_LINE.match(bare(body))):
             continue
         offset = start + _PREFIX.match(body).end()
         for s, e in _line_sentences(body[offset - start:]):

@@ -88,6 +88,22 @@ def test_list_items_headings_code_tables_and_lead_ins():
     ]
 
 
+def test_code_lines_without_a_fence_are_not_sentences():
+    # As Qwen2.5-Coder-0.5B copied a FAQ's listing: bare code lines between prose.
+    text = ("Import the config module in all modules [1]. For example:\n\nconfig.py:\n\n"
+            "x = 0 # Default value of the 'x' configuration setting\n\nmod.py:\n\n"
+            "import config\nconfig.x = 1\nprint(config.x)\n>>> C.count += 1\n"
+            "    return C.count # or return self.count\n\n"
+            "Caution: an assignment like self.count = 42 creates a new instance variable.\n"
+            "os.remove(path) deletes a file.\nreturn to the menu, then save.")
+    assert sentences(text) == [
+        "Import the config module in all modules [1].",
+        "Caution: an assignment like self.count = 42 creates a new instance variable.",
+        "os.remove(path) deletes a file.",
+        "return to the menu, then save.",
+    ]
+
+
 def test_marks_after_the_full_stop_belong_to_the_sentence_before():
     assert sentences("You get 27 days. [1] Unused days carry over. [1, 2]") == [
         "You get 27 days. [1]", "Unused days carry over. [1, 2]"]
@@ -199,6 +215,17 @@ def test_page_and_terminal_link_marks_and_flag_unsupported_sentences(attributor)
     assert click.unstyle(terminal) == ("You get 27 vacation days a year [1]. "
                                        "The moon is made of cheese [?].")
     assert click.style("The moon is made of cheese [?].", dim=True) in terminal
+
+
+def test_code_lines_without_a_fence_get_no_marks():
+    chunk = ("Create a module config.py with x = 0, then import config in every module; "
+             "config.x = 1 in one module is seen by print(config.x) in another.")
+    answer = ("Every module that imports config sees the same config.x value.\n\n"
+              "import config\nconfig.x = 1\nprint(config.x)\n")
+    marked = CitationAttributor(None).attribute(answer, [chunk])
+    assert marked.text == ("Every module that imports config sees the same config.x value [1].\n\n"
+                           "import config\nconfig.x = 1\nprint(config.x)\n")
+    assert len(marked.sentences) == 1
 
 
 def test_code_keeps_its_brackets() -> None:
