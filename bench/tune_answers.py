@@ -30,8 +30,8 @@ CANDIDATES = {
     "k 5": {"LOCALCAT_RETRIEVAL__K": "5"},
     "repeat 1.0": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.0"},
 }
-KEYS = ("key_fact_recall", "token_f1", "source_shown", "citation_correct", "repetition",
-        "not_found", "latency_p50_s")
+KEYS = ("key_fact_recall", "token_f1", "source_shown", "citation_correct",
+        "grounded_citation_correct", "repetition", "not_found", "latency_p50_s")
 
 
 def run(env_over: dict[str, str], split: str, limit: int | None, work: Path) -> dict:
@@ -82,11 +82,12 @@ def main() -> None:
         held[best] = run(CANDIDATES[best], "heldout", None, args.work_dir)
 
     header = ("| candidate | questions | key-fact recall | F1 | source shown | correct [n] | "
-              "looping | not found | p50 s |\n|---|---|---|---|---|---|---|---|---|")
+              "grounded with a correct [n] | looping | not found | p50 s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
 
     def table(rows: dict) -> str:
         return header + "\n" + "\n".join(
-            f"| {n} | {m['questions']} | " + " | ".join(fmt(m[k]) for k in KEYS) + " |"
+            f"| {n} | {m['questions']} | " + " | ".join(fmt(m.get(k)) for k in KEYS) + " |"
             for n, m in rows.items())
 
     body = (f"The default model (Qwen2.5-Coder-0.5B Q4_K_M) through the real pipeline. Candidates "
