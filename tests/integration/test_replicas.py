@@ -387,7 +387,8 @@ def test_replica_killed_mid_ingest_leaves_nothing_half_written(cluster: Cluster)
         # The vectors written before the kill were replaced: Chroma holds exactly the chunks.
         assert shared.vectors.ids("bulk") == shared.store.chunk_ids("bulk")
         uploads = Path(cluster.env["LOCALCAT_SERVER__UPLOADS_DIR"])
-        assert not list((uploads / ".unfinished").glob("*.json"))
+        # The journal entry goes once the resumed upload returns, just after its files are done.
+        until(lambda: not list((uploads / ".unfinished").glob("*.json")), timeout=30)
         for k, q in enumerate(questions):
             resp = b.ask(q, "bulk")
             assert sources(resp)[0] == f"ledger{k}.txt"
