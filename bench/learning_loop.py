@@ -68,13 +68,8 @@ def chat(url: str, collection: str, question: str) -> dict:
 
 def give_feedback(url: str, collection: str, rows: list[tuple[str, str]]) -> None:
     """Ask each question; a user corrects every answer with the reference (thumbs down)."""
-    import httpx
-
     for question, reference in rows:
-        answer_id = chat(url, collection, question)["localcat"]["answer_id"]
-        r = httpx.post(url + "/api/feedback", timeout=60, json={
-            "answer_id": answer_id, "rating": "down", "correction": reference, "user": "bench"})
-        r.raise_for_status()
+        correct(url, [chat(url, collection, question)["localcat"]["answer_id"]], [reference])
 
 
 def held_out_answers(url: str, collection: str, rows: list[tuple[str, str]]) -> dict:
