@@ -188,11 +188,10 @@ def run_model(prepared: Prepared, items: list[AnswerItem], llm: LLMSettings, *,
         t = ask_timed(pipeline, item.question)
         shown = t.answer.citations
         chunks = c.store.chunks(prepared.collection, [s.chunk_id for s in shown])
-        row = score_answer(item, t.answer.answer, shown, prepared.doc_of,
-                           {i: ch.text for i, ch in chunks.items()}, NOT_FOUND)
+        texts = {i: ch.text for i, ch in chunks.items()}
+        row = score_answer(item, t.answer.answer, shown, prepared.doc_of, texts, NOT_FOUND)
         if records is not None:
-            records.append(_record(desc, item, t.answer, prepared.doc_of,
-                                   {i: ch.text for i, ch in chunks.items()}))
+            records.append(_record(desc, item, t.answer, prepared.doc_of, texts))
         row.update(grounded=t.answer.grounded, latency_s=round(t.latency_s, 4),
                    ttft_s=None if t.ttft_s is None else round(t.ttft_s, 4), tokens=t.tokens,
                    decode_s=None if t.decode_s is None or not t.answer.grounded
