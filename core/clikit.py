@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 from core.errors import LocalCatError
@@ -29,3 +31,21 @@ def parts():
     if not callable(factory):
         raise RuntimeError("run this command through the `localcat` command group")
     return factory()
+
+
+class LazyGroup(ErrorGroup):
+    """A group whose subcommands are imported when run: `localcat ingest` loads only the ingest
+    stage's command, not every stage's (a re-ingest of unchanged files is mostly start-up)."""
+
+    def __init__(self, *args, lazy: dict[str, Callable[[], click.Command]] | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = dict(lazy or {})
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy:
+            self.add_command(self.lazy.pop(name)(), name)
+        return super().get_command(ctx, name)

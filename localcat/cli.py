@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from core.clikit import ErrorGroup, parts
+from core.clikit import LazyGroup, parts
 from core.errors import ConfigError, LocalCatError
 
 
@@ -19,7 +19,7 @@ def container():
     return Container()
 
 
-@click.group(cls=ErrorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="localcat")
 @click.option("--verbose", "-v", is_flag=True,
               help="Show third-party logs, warnings and progress bars (hidden by default).")
@@ -281,21 +281,41 @@ def config(as_json: bool) -> None:
     walk(data)
 
 
-def _register() -> None:
-    from finetune.cli import finetune, models
-    from ingest.cli import collections, ingest, remove, watch
-    from localcat.evaluation import eval_command
+def _finetune() -> click.Command:
+    from finetune.cli import finetune
+    from finetune.retrieval_cli import learn_command
 
-    for cmd in (ingest, remove, watch, collections, eval_command, finetune, models):
-        main.add_command(cmd)
-    from finetune.retrieval_cli import learn_command, retrieval
-    finetune.add_command(learn_command), main.add_command(retrieval)
+    finetune.add_command(learn_command)
+    return finetune
+
+
+def _models() -> click.Command:
+    from finetune.cli import models
     from localcat.models_cli import register_commands
+
     register_commands(models)
-    from localcat.keys_cli import register_commands as register_keys
-    register_keys(main)
-    from localcat.reviewed_cli import register_commands as register_reviewed
-    register_reviewed(main)
+    return models
 
 
-_register()
+def _attr(module: str, name: str):
+    """A loader of ``module.name``, imported when the command runs (or --help lists it)."""
+    def load() -> click.Command:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+    return load
+
+
+main.lazy.update({
+    "ingest": _attr("ingest.cli", "ingest"),
+    "remove": _attr("ingest.cli", "remove"),
+    "watch": _attr("ingest.cli", "watch"),
+    "collections": _attr("ingest.cli", "collections"),
+    "eval": _attr("localcat.evaluation.command", "eval_command"),
+    "finetune": _finetune,
+    "models": _models,
+    "retrieval": _attr("finetune.retrieval_cli", "retrieval"),
+    "keys": _attr("localcat.keys_cli", "keys"),
+    "audit": _attr("localcat.keys_cli", "audit"),
+    "reviewed": _attr("localcat.reviewed_cli", "reviewed"),
+})

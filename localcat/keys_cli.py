@@ -17,11 +17,6 @@ from core.clikit import parts
 from core.errors import BadRequest
 
 
-def register_commands(main: click.Group) -> None:
-    main.add_command(keys)
-    main.add_command(audit)
-
-
 def _actor() -> str:
     """Who ran the command, for the audit log."""
     user = "unknown"

@@ -9,10 +9,6 @@ import click
 from core.clikit import parts
 
 
-def register_commands(main: click.Group) -> None:
-    main.add_command(reviewed)
-
-
 @click.group()
 def reviewed() -> None:
     """Users' corrections, served first to questions that mean the same (retrieval.reviewed)."""
