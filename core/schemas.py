@@ -8,7 +8,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
 class Chunk(BaseModel):
@@ -146,6 +146,7 @@ class IngestReport(BaseModel):
     def count(self, status: str) -> int:
         return sum(1 for f in self.files if f.status == status)
 
+    @computed_field
     @property
     def chunks_written(self) -> int:
         return sum(f.chunks for f in self.files if f.status in ("added", "updated"))

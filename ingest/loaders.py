@@ -83,13 +83,14 @@ def load_file(path: Path, *, max_bytes: int, max_unzipped_bytes: int = 200 * 2**
     return sections
 
 
-def iter_files(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
+def iter_files(paths: Iterable[Path], on_folder: Callable[[Path], None] = lambda folder: None,
+               ) -> Iterator[tuple[Path, str | None]]:
     """Expand folders into supported files; yield ``(path, reason)`` where reason says why not.
 
     Files named explicitly with an unsupported suffix (or missing, or not a regular file) come
     with a reason, as do paths that are not valid UTF-8 (the stores keep paths as UTF-8); inside
     folders, unsupported and hidden files are skipped silently, as are pipes, sockets and devices,
-    symlinks leading outside and symlink loops.
+    symlinks leading outside and symlink loops. ``on_folder`` is told of each folder walked.
     """
     seen: set[Path] = set()
     for path in paths:
@@ -97,7 +98,7 @@ def iter_files(paths: Iterable[Path]) -> Iterator[tuple[Path, str | None]]:
             root = path.resolve()
             if root not in seen:
                 seen.add(root)
-                yield from _walk(path, root, seen)
+                yield from _walk(path, root, seen, on_folder)
         elif not path.exists():
             yield path, "no such file or folder — check the path"
         elif path.suffix.lower() not in SUPPORTED_SUFFIXES:
@@ -119,7 +120,9 @@ def _name_problem(path: Path) -> str | None:
     return None
 
 
-def _walk(folder: Path, root: Path, seen: set[Path]) -> Iterator[tuple[Path, str | None]]:
+def _walk(folder: Path, root: Path, seen: set[Path],
+          on_folder: Callable[[Path], None]) -> Iterator[tuple[Path, str | None]]:
+    on_folder(folder)
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
@@ -138,7 +141,7 @@ def _walk(folder: Path, root: Path, seen: set[Path]) -> Iterator[tuple[Path, str
             continue
         if entry.is_dir():
             seen.add(real)
-            yield from _walk(path, root, seen)
+            yield from _walk(path, root, seen, on_folder)
         elif entry.is_file() and path.suffix.lower() in SUPPORTED_SUFFIXES:
             seen.add(real)
             yield path, _name_problem(path)
