@@ -18,7 +18,8 @@ from tests.unit.test_finetune_registry import add, base_file
 def test_help_is_fast_and_imports_nothing_heavy() -> None:
     code = ("import sys, time; t = time.perf_counter(); from localcat.cli import main; "
             "print(time.perf_counter() - t); print(sorted(m for m in ('torch', 'transformers', "
-            "'unsloth', 'llama_cpp', 'trl', 'peft') if m in sys.modules))")
+            "'unsloth', 'llama_cpp', 'trl', 'peft', 'sqlalchemy', 'pydantic', 'finetune.cli', "
+            "'ingest.cli') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     seconds, heavy = out.stdout.splitlines()
     assert heavy == "[]" and float(seconds) < 2.0
