@@ -46,19 +46,23 @@ def real_paths(paths: Iterable[Path]) -> list[str]:
     return [os.path.realpath(Path(p).expanduser()) for p in paths]
 
 
-def key(paths: Iterable[Path], collection: str | None, prune: bool) -> str:
-    """What decides an ingest's result besides the files themselves."""
-    from importlib.metadata import version
+def key(paths: Iterable[Path], collection: str | None, prune: bool) -> str | None:
+    """What decides an ingest's result besides the files themselves (None: no stamps here)."""
+    from importlib.metadata import PackageNotFoundError, version
 
     config = os.environ.get("LOCALCAT_CONFIG") or "localcat.toml"
     try:
         config_bytes = hashlib.sha256(Path(config).read_bytes()).hexdigest()
     except OSError:
         config_bytes = None
+    try:
+        code, cwd = version("localcat"), os.getcwd()
+    except (PackageNotFoundError, OSError):  # not installed, or in a deleted folder
+        return None
     inputs = {
         "format": FORMAT,
-        "localcat": version("localcat"),
-        "cwd": os.getcwd(),
+        "localcat": code,
+        "cwd": cwd,
         "paths": real_paths(paths),
         "collection": collection,
         "prune": prune,
@@ -105,11 +109,11 @@ def _row(db_file: str, collection: str) -> dict | None:
     return dict(row) if row is not None else None
 
 
-def record(stamp_key: str, before: Snapshot, after: Snapshot, db_file: Path, collection: str,
-           report: dict) -> bool:
+def record(stamp_key: str | None, before: Snapshot, after: Snapshot, db_file: Path,
+           collection: str, report: dict) -> bool:
     """Write the stamp of a finished ingest; False (and no stamp) when the files moved meanwhile
     or too recently to tell."""
-    if not before.same(after) or after.racy():
+    if stamp_key is None or not before.same(after) or after.racy():
         return False
     try:
         row = _row(str(db_file), collection)
@@ -127,14 +131,17 @@ def record(stamp_key: str, before: Snapshot, after: Snapshot, db_file: Path, col
     return True
 
 
-def forget(stamp_key: str) -> None:
+def forget(stamp_key: str | None) -> None:
     """Drop a stamp before an ingest that may change what it describes."""
-    with contextlib.suppress(FileNotFoundError):
-        (_folder() / stamp_key).unlink()
+    if stamp_key is not None:
+        with contextlib.suppress(OSError):
+            (_folder() / stamp_key).unlink()
 
 
-def replay(stamp_key: str) -> dict | None:
+def replay(stamp_key: str | None) -> dict | None:
     """The report of the stamped ingest if nothing it depends on changed since, else None."""
+    if stamp_key is None:
+        return None
     try:
         data = json.loads((_folder() / stamp_key).read_text())
         stats = {**data["folders"], **data["files"]}
