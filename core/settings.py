@@ -272,7 +272,7 @@ class PipelineSettings(BaseModel):
     )
     history_turns: int = Field(6, ge=0, description="Past messages kept for condensing.")
     prompt_version: str = Field(
-        "rag-v2", description="The answer prompt (core/prompt.py SYSTEMS), stored with every "
+        "rag-v7", description="The answer prompt (core/prompt.py SYSTEMS), stored with every "
         "answer; fine-tune data sets keep answers made with it.")
 
     @field_validator("prompt_version")
