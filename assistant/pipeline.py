@@ -25,6 +25,7 @@ from core.prompt import (
     NOT_FOUND,
     PROMPT_VERSION,
     answer_prompt,
+    drop_echoed_headers,
     format_context,
     history_messages,
 )
@@ -188,9 +189,12 @@ class RagPipeline:
         yield Done(answer, usage, finish)
 
     def _attribute(self, raw: str, docs: list[Document]) -> tuple[str, list[SentenceAttribution]]:
-        if not docs or self.attributor is None or raw == NOT_FOUND:
+        if not docs or raw == NOT_FOUND:
             return raw, []
-        result = self.attributor.attribute(raw, [d.page_content for d in docs])
+        text = drop_echoed_headers(raw, len(docs))
+        if self.attributor is None:
+            return text, []
+        result = self.attributor.attribute(text, [d.page_content for d in docs])
         return result.text, result.sentences
 
     def ask(self, question: str, history: list[Message] | None = None, *,

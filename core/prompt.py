@@ -104,6 +104,19 @@ def defuse(text: str) -> str:
     return _CONTROL.sub(lambda m: m.group(0) + "\u200b", text)
 
 
+# A line holding only a source's header, as format_context writes them ("[2] (faq.txt)"): small
+# models copying the material out write one before the next source's text (15 of rag-v7's 75 FAQ
+# answers). Stopping generation there cut the copied text too and cost recall on dev (0.465 →
+# 0.34, BENCHMARKS.md), so only the header line goes.
+_HEADER_LINE = re.compile(r"^[ \t]*\[(\d+)\] \(.*\)[ \t]*$\n?", re.M)
+
+
+def drop_echoed_headers(text: str, sources: int) -> str:
+    """``text`` without lines that only repeat the header of one of the ``sources`` shown."""
+    return _HEADER_LINE.sub(lambda m: "" if 1 <= int(m.group(1)) <= sources else m.group(0),
+                            text).strip()
+
+
 def format_context(docs: list[Document]) -> str:
     """Numbered sources, [1] first, each with where it comes from (control strings defused)."""
     parts = []

@@ -169,3 +169,20 @@ def test_a_reviewed_answer_is_the_first_source_and_answers_without_documents():
     alone = RagPipeline(fake_llm("30 days [1]."), FixedRetriever(docs=[]), model_tag="fake",
                         reviewed=lambda q: reviewed).ask("vacation days?")
     assert alone.grounded and alone.answer != NOT_FOUND  # the documents hold nothing; it does
+
+
+def test_a_copied_source_header_is_dropped_from_the_answer_and_the_copied_text_kept():
+    docs = [doc(1, "Vacation is 27 days."), doc(2, "Sick leave needs a call before 9.")]
+    reply = ("Vacation is 27 days [1].\n\n[2] (f2.md)\nSick leave needs a call before 9.\n"
+             "[7] (not a shown source)")
+    pipe = RagPipeline(fake_llm(reply), FixedRetriever(docs=docs), model_tag="fake",
+                       condense=False, attributor=CitationAttributor(None))
+    answer = pipe.ask("How many vacation days?")
+    assert "(f2.md)" not in answer.answer
+    assert "Sick leave needs a call before 9 [2]." in answer.answer  # kept, and attributed
+    assert answer.raw_answer == reply  # the model's text as it was
+    # The header the answer copied is the one the prompt wrote; a number no source has stays.
+    from core.prompt import drop_echoed_headers, format_context
+
+    assert "\n[2] (f2.md)\n" in format_context(docs)
+    assert drop_echoed_headers(reply, 2).endswith("before 9.\n[7] (not a shown source)")
