@@ -45,6 +45,9 @@ def new_run_name() -> str:
 
 
 def normalise_question(question: str) -> str:
+    """The form whose hash puts a question in train or test (split_of). Not core.schemas'
+    normalize_question (words only), on purpose: a new form would move recorded questions between
+    the splits, and a model could then be tested on what it was trained on."""
     return " ".join(question.casefold().split()).strip(" ?!.")
 
 
