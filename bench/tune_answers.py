@@ -36,6 +36,7 @@ CANDIDATES = {
     "repeat 1.2": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.2"},
     "rag-v5, repeat 1.2": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v5",
                            "LOCALCAT_LLM__REPEAT_PENALTY": "1.2"},
+    "k 4": {"LOCALCAT_RETRIEVAL__K": "4"},
     "k 5": {"LOCALCAT_RETRIEVAL__K": "5"},
     "repeat 1.0": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.0"},
 }
