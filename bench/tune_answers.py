@@ -6,7 +6,9 @@ the highest key-fact recall (F1 breaking ties; at least MARGIN above the current
 with no more looping answers) is then run beside the current default on the held-out split,
 which nothing here was chosen on.
 
-    .venv/bin/python bench/tune_answers.py [--dev-limit 40] [--write]
+    .venv/bin/python bench/tune_answers.py [--dev-limit 40] [--only NAME…] [--heldout NAME…] [--write]
+
+Results are cached per candidate in --work-dir, so a run resumes and a table can be re-made.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from core.clikit import parts
 
 if TYPE_CHECKING:  # pydantic's import is a third of a no-change re-ingest
     from core.schemas import IngestReport
+    from ingest.stamps import Snapshot
 
 _STATUS_COLOUR = {"added": "green", "updated": "cyan", "removed": "yellow", "failed": "red"}
 
@@ -134,7 +135,7 @@ def ingest(
         stamps.record(stamp, before, after, c.settings.index_db, name, _report_data(rerun))
 
 
-def _snapshot(paths: tuple[Path, ...]):
+def _snapshot(paths: tuple[Path, ...]) -> Snapshot | None:
     """The files as an ingest stamp records them; None when a folder vanished mid-walk."""
     from ingest.stamps import Snapshot
 
