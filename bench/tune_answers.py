@@ -35,6 +35,8 @@ CANDIDATES = {
     "rag-v4 (quote)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v4"},
     "rag-v5 (one source, full answer)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v5"},
     "rag-v6 (quote, then explain)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v6"},
+    "rag-v8 (this exact question; no source answers)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v8"},
+    "rag-v9 (this exact question)": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v9"},
     "repeat 1.2": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.2"},
     "rag-v5, repeat 1.2": {"LOCALCAT_PIPELINE__PROMPT_VERSION": "rag-v5",
                            "LOCALCAT_LLM__REPEAT_PENALTY": "1.2"},
