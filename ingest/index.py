@@ -10,7 +10,6 @@ clean ingest gives. Retrieval reads text from SQLite, so stray vectors are never
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import threading
 import time
@@ -29,6 +28,7 @@ from core.schemas import Chunk, FileResult, IngestReport
 from core.settings import Settings
 from ingest.loaders import iter_files
 from ingest.parse import Parser
+from ingest.stamps import real_paths
 
 if TYPE_CHECKING:  # importing it costs a re-ingest of unchanged files ~0.15 s
     from langchain_core.embeddings import Embeddings
@@ -117,9 +117,7 @@ class Indexer:
         started = time.perf_counter()
         self._collection(collection)
         report = IngestReport(collection=collection)
-        # realpath, not resolve(): a symlink loop is reported as missing instead of raising
-        # RuntimeError (Python < 3.13).
-        paths = [Path(os.path.realpath(Path(p).expanduser())) for p in paths]
+        paths = [Path(p) for p in real_paths(paths)]
 
         # Files left 'pending' by a crashed run are redone whatever their hash says.
         for p in paths:

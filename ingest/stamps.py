@@ -42,7 +42,8 @@ def _folder() -> Path:
 
 
 def real_paths(paths: Iterable[Path]) -> list[str]:
-    """The paths as the indexer keys them."""
+    """The paths as the indexer keys them (and a stamp records them). realpath, not resolve(): a
+    symlink loop is reported as missing instead of raising RuntimeError (Python < 3.13)."""
     return [os.path.realpath(Path(p).expanduser()) for p in paths]
 
 
