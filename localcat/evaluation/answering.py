@@ -14,7 +14,8 @@ sends it; answers are read only through the pipeline's events (Token, Done). Per
 - support: share of the answer's distinct content words found in the chunks it cites (in all
   chunks shown when it cites none); not measured for refusals;
 - refused: "not found" (the pipeline's own text, or a refusal phrase near the start);
-- repetitive: a word 4-gram occurs 3 times or more (the answer loops);
+- repetitive: a word 4-gram occurs 3 times or more, more often than in any one chunk shown (the
+  answer loops, rather than copying a source that repeats itself);
 - latency (call to Done), time to first token, and writing speed (Token events after the first,
   over the time from the first to the last; answers the model wrote, not the pipeline's not-found).
 """
@@ -117,7 +118,8 @@ def score_answer(item: AnswerItem, answer: str, shown: list[Citation],
         "id": item.id, "question": item.question, "answerable": item.answerable,
         "kind": item.kind, "answer": answer,
         "shown": [doc_of(c.source) for c in shown], "cited": [c.n for c in cited],
-        "refused": refused, "repetitive": is_repetitive(answer),
+        "refused": refused,
+        "repetitive": is_repetitive(answer, [chunk_text.get(c.chunk_id, "") for c in shown]),
         "source_shown": None, "citation_correct": None, "grounded_cites_source": None,
         "key_fact_recall": None, "token_f1": None,
     }

@@ -98,7 +98,7 @@ ANSWER_ROWS = (
     ("support", "support: answer words found in cited chunks", "share"),
     ("not_found", "answerable questions told 'not found'", "share"),
     ("refusal", "unanswerable questions refused", "share"),
-    ("repetition", "answers that loop (a 4-gram 3 times)", "share"),
+    ("repetition", "answers that loop (a 4-gram 3 times, more than a source)", "share"),
     ("latency_p50_s", "latency p50", "s"),
     ("latency_p95_s", "latency p95", "s"),
     ("ttft_p50_s", "time to first token p50", "s"),

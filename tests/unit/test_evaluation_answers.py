@@ -64,6 +64,15 @@ def test_repetition_is_a_4gram_three_times():
     assert not is_repetitive("short")
 
 
+def test_repeating_a_source_that_repeats_itself_is_no_loop():
+    source = "It is guaranteed that a. It is guaranteed that b. It is guaranteed that c."
+    assert not is_repetitive(source, ["unrelated text", source])
+    # the same 4-gram once more than the source has it is a loop again
+    assert is_repetitive(source + " It is guaranteed that d.", [source])
+    # a loop on one phrase is not excused by another phrase the source repeats
+    assert is_repetitive(source + " The cat sat down." * 3, [source])
+
+
 def test_refusal_is_the_pipelines_text_or_a_phrase_near_the_start():
     assert is_refusal(NOT_FOUND, NOT_FOUND)
     assert is_refusal("I could not find that in the documents.")
