@@ -10,7 +10,7 @@ from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
-from core.bm25 import BM25Index
+from core.bm25 import BM25Index, names_exact_terms
 from core.chroma import VectorStore
 from core.chunkstore import ChunkStore
 from core.settings import RetrievalSettings
@@ -27,13 +27,14 @@ def rrf(rankings: list[tuple[list[str], float]], k: int) -> dict[str, float]:
     return fused
 
 
-def fuse(dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]],
+def fuse(query: str, dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]],
          coverage: Callable[[], float], rs: RetrievalSettings) -> list[tuple[str, float]]:
     """The ranking: (chunk id, fused score) best first, or [] when the relevance bar turns the
     question away. The one definition, used by the retriever and by ``localcat eval``.
 
     ``dense`` is (id, cosine) and ``lexical`` (id, BM25 score), best first; a side with weight 0
-    counts as empty; RRF runs over each side's first max(candidates, k) hits. The bar: nothing
+    counts as empty; RRF runs over each side's first max(candidates, k) hits, BM25's weighted
+    by whether ``query`` names an exact term (bm25_weight) or not (prose_bm25_weight). The bar: nothing
     unless the best cosine reaches min_similarity or ``coverage()`` (the query-term coverage of
     the top BM25 hits, asked only when needed) reaches min_coverage.
     """
@@ -45,8 +46,11 @@ def fuse(dense: Sequence[tuple[str, float]], lexical: Sequence[tuple[str, float]
     best_dense = max((sim for _, sim in dense), default=-1.0)
     if best_dense < rs.min_similarity and (coverage() if lexical else 0.0) < rs.min_coverage:
         return []
-    fused = rrf([([i for i, _ in dense], rs.dense_weight), ([i for i, _ in lexical], rs.bm25_weight)],
-                rs.rrf_k)
+    lexical_weight = rs.bm25_weight if names_exact_terms(query) else rs.prose_bm25_weight
+    rankings = [([i for i, _ in dense], rs.dense_weight)]
+    if lexical_weight > 0:  # the bar above still reads BM25's hits
+        rankings.append(([i for i, _ in lexical], lexical_weight))
+    fused = rrf(rankings, rs.rrf_k)
     return sorted(fused.items(), key=lambda item: item[1], reverse=True)
 
 
@@ -84,7 +88,7 @@ class HybridRetriever(BaseRetriever):
             self.bm25.sync(self.collection, self.store, every_s=s.bm25_sync_s)
         lexical = self.bm25.search(self.collection, query, n) if s.bm25_weight > 0 else []
         top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
-        ranked = fuse(dense, lexical, lambda: self.bm25.coverage(self.collection, query, top),
+        ranked = fuse(query, dense, lexical, lambda: self.bm25.coverage(self.collection, query, top),
                       s if k is None else s.model_copy(update={"k": k}))
         similarity, bm25, fused = dict(dense), dict(lexical), dict(ranked)
         relevant = [i for i, _ in ranked]

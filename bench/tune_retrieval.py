@@ -6,7 +6,9 @@
 Each chunking config is ingested once by the real Indexer (cached in --work-dir, one collection
 per config); every query then takes its dense and BM25 candidates once (depth 50) and all fusion
 settings are ranked from them with ``localcat.evaluation.rank``, which orders and filters exactly
-as ``HybridRetriever.search`` does.
+as ``HybridRetriever.search`` does. The fusion grid weighs BM25 alike for every question; the
+prose sweep then varies only prose_bm25_weight (questions naming no exact term), reported per
+split of the FAQ answer set (answers.jsonl: chosen on dev, held-out only reported).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ RRF_K = (1, 5, 10, 20, 30, 60, 100)
 WEIGHTS = ((1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (1.0, 0.75), (1.0, 0.5), (1.0, 0.35), (1.0, 0.25),
            (1.0, 0.1))
 CANDIDATES = (10, 20, 40)
+PROSE_WEIGHTS = (0.0, 0.1, 0.25, 0.35, 0.5, 0.75, 1.0)
 DEPTH = 50
 
 
@@ -72,7 +75,8 @@ def main() -> None:
         fusion = []
         for rrf_k, (dw, bw), cand in itertools.product(RRF_K, WEIGHTS, CANDIDATES):
             rs = base.retrieval.model_copy(update={"rrf_k": rrf_k, "dense_weight": dw,
-                                                   "bm25_weight": bw, "candidates": cand})
+                                                   "bm25_weight": bw, "prose_bm25_weight": bw,
+                                                   "candidates": cand})
             row = {"rrf_k": rrf_k, "dense_weight": dw, "bm25_weight": bw, "candidates": cand}
             for name, cands in per_split.items():
                 run = {q: doc_ranking(rank(c, unfiltered(rs)), prepared.chunk_doc)
@@ -92,13 +96,54 @@ def main() -> None:
                 bars[name].append({"min_similarity": sim, "min_coverage": cov,
                                    **threshold_rates(answerable, data.qrels, unanswerable, kinds,
                                                      prepared.chunk_doc, rs)})
+        prose = prose_sweep(args.folder, per_split, splits, prepared.chunk_doc, base)
         sims = {q: c.top_similarity for q, c in {**answerable, **unanswerable}.items()}
         results.append({"chunk_size": size, "chunk_overlap": overlap, "chunks": prepared.chunks,
-                        "ingest_seconds": round(ingest_s, 1), "fusion": fusion, "thresholds": bars,
-                        "top_similarity": sims})
+                        "ingest_seconds": round(ingest_s, 1), "fusion": fusion, "prose": prose,
+                        "thresholds": bars, "top_similarity": sims})
         print(summary(results[-1], base), flush=True)
+        print(prose_summary(prose), flush=True)
     if args.json_out:
         args.json_out.write_text(json.dumps(results, indent=1))
+
+
+def prose_sweep(folder: Path, per_split: dict, splits: dict, chunk_doc: dict,
+                base: Settings) -> list[dict]:
+    """nDCG@10 and hit@k per prose_bm25_weight, the first split cut by the answer set's splits."""
+    first = next(iter(per_split))
+    groups: dict[str, tuple[dict, dict]] = {}
+    answers = folder / "answers.jsonl"
+    split_of = ({r["id"]: r.get("split") for r in map(json.loads, answers.open())}
+                if answers.is_file() else {})
+    for part in sorted({s for s in split_of.values() if s}):
+        ids = [q for q in per_split[first] if split_of.get(q) == part]
+        groups[f"{first} {part}"] = ({q: per_split[first][q] for q in ids},
+                                     {q: splits[first].qrels[q] for q in ids})
+    for name, cands in per_split.items():
+        if name != first or not groups:
+            groups[name] = (cands, splits[name].qrels)
+    rows = []
+    for w in PROSE_WEIGHTS:
+        rs = unfiltered(base.retrieval.model_copy(update={"prose_bm25_weight": w}))
+        row: dict = {"prose_bm25_weight": w}
+        for name, (cands, qrels) in groups.items():
+            run = {q: doc_ranking(rank(c, rs), chunk_doc) for q, c in cands.items()}
+            row[name] = score_run(run, qrels) | {"questions": len(cands)}
+        rows.append(row)
+    return rows
+
+
+def prose_summary(rows: list[dict]) -> str:
+    names = [k for k in rows[0] if k != "prose_bm25_weight"]
+    out = ["\n### prose_bm25_weight (bm25_weight 1.0 for questions naming an exact term)\n",
+           "| prose_bm25_weight | " + " | ".join(
+               f"{n} ({rows[0][n]['questions']}) nDCG@10 / hit@1 / hit@3" for n in names) + " |",
+           "|---|" + "---|" * len(names)]
+    for row in rows:
+        out.append(f"| {row['prose_bm25_weight']} | " + " | ".join(
+            f"{row[n]['ndcg@10']:.3f} / {row[n]['hit@1']:.3f} / {row[n]['hit@3']:.3f}"
+            for n in names) + " |")
+    return "\n".join(out)
 
 
 def summary(res: dict, base: Settings) -> str:

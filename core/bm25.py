@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -18,6 +19,18 @@ QUESTION_WORDS = frozenset({
     "can", "could", "should", "would", "will", "may", "might", "must", "i", "me", "my", "we",
     "our", "you", "your", "get", "got", "many", "much", "about", "please", "tell",
 })  # fmt: skip
+
+
+# A term asked for by its exact spelling, which an embedding blurs and BM25 matches: a dotted or
+# underscored name (os.path, SOUND_MIXER_SYNTH), a call (len()), camelCase, a word in capitals
+# (EXCLUSIVE, HTTP), a number of 3+ digits, `code`.
+_EXACT_TERM = re.compile(
+    r"\w_\w|[A-Za-z]\.[A-Za-z_]|\w\(|[a-z][A-Z]|\b[A-Z][A-Z0-9]{2,}\b|\b\d{3,}\b|`")
+
+
+def names_exact_terms(query: str) -> bool:
+    """The question names an identifier, code or number (see _EXACT_TERM), not only prose words."""
+    return bool(_EXACT_TERM.search(query))
 
 
 class ChunkSource(Protocol):

@@ -44,6 +44,8 @@ from localcat.evaluation.report import require_matplotlib
 @click.option("--rrf-k", type=int, default=None, help="Override retrieval.rrf_k.")
 @click.option("--dense-weight", type=float, default=None, help="Override retrieval.dense_weight.")
 @click.option("--bm25-weight", type=float, default=None, help="Override retrieval.bm25_weight.")
+@click.option("--prose-bm25-weight", type=float, default=None,
+              help="Override retrieval.prose_bm25_weight.")
 @click.option("--candidates", type=int, default=None, help="Override retrieval.candidates.")
 @click.option("--min-similarity", type=float, default=None, help="Override retrieval.min_similarity.")
 @click.option("--min-coverage", type=float, default=None, help="Override retrieval.min_coverage.")
@@ -58,7 +60,7 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
                  split: str | None,
                  work_dir: Path | None, chunk_size: int | None, chunk_overlap: int | None,
                  rrf_k: int | None, dense_weight: float | None, bm25_weight: float | None,
-                 candidates: int | None, min_similarity: float | None, min_coverage: float | None,
+                 prose_bm25_weight: float | None, candidates: int | None, min_similarity: float | None, min_coverage: float | None,
                  plot_path: Path | None, no_plot: bool, as_json: bool, quiet: bool) -> None:
     """Measure retrieval on a BEIR folder (nDCG@10, recall@10, MRR@10, hit@k for dense, BM25,
     fused), or, with --answers, the answers of one or more models.
@@ -92,7 +94,8 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
     chunking = {k: v for k, v in (("chunk_size", chunk_size), ("chunk_overlap", chunk_overlap))
                 if v is not None}
     retrieval = {k: v for k, v in (("rrf_k", rrf_k), ("dense_weight", dense_weight),
-                                   ("bm25_weight", bm25_weight), ("candidates", candidates),
+                                   ("bm25_weight", bm25_weight),
+                                   ("prose_bm25_weight", prose_bm25_weight), ("candidates", candidates),
                                    ("min_similarity", min_similarity), ("min_coverage", min_coverage))
                  if v is not None}
     # Validated copies: a bad override fails here with pydantic's message, not deep in a run.

@@ -18,7 +18,8 @@ def render_table(report: dict) -> str:
     lines.insert(0, f"{d['queries']} queries, {d['documents']} documents → {report['chunks']} chunks "
                     f"(chunk_size {ch['chunk_size']}, overlap {ch['chunk_overlap']}); "
                     f"rrf_k {rs['rrf_k']}, weights dense {rs['dense_weight']} / bm25 "
-                    f"{rs['bm25_weight']}, candidates {rs['candidates']}")
+                    f"{rs['bm25_weight']} (prose {rs['prose_bm25_weight']}), "
+                    f"candidates {rs['candidates']}")
     lines.append("")
     lines.append(f"relevance bar min_similarity {rs['min_similarity']}, min_coverage {rs['min_coverage']}: "
                  f"answerable told 'nothing found' {cur['nothing_found']:.1%}; answer in the top "

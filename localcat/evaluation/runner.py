@@ -41,6 +41,7 @@ class Candidates:
     dense: list[tuple[str, float]]
     lexical: list[tuple[str, float]]
     coverage: float = 0.0  # BM25Index.coverage of the first COVERAGE_DEPTH BM25 hits
+    query: str = ""  # the question (its exact terms choose BM25's weight)
 
     @property
     def top_similarity(self) -> float | None:
@@ -67,7 +68,7 @@ def rank(c: Candidates, rs: RetrievalSettings) -> list[str]:
     turns the question away: the retriever's own ``fuse`` on the collected candidates."""
     from assistant.retriever import fuse
 
-    return [i for i, _ in fuse(c.dense, c.lexical, lambda: c.coverage, rs)]
+    return [i for i, _ in fuse(c.query, c.dense, c.lexical, lambda: c.coverage, rs)]
 
 
 # --- running it ---------------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def collect(prepared: Prepared, queries: Mapping[str, str], depth: int,
         times["dense"].append(t1 - t0)
         times["bm25"].append(t2 - t1)
         top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
-        out[qid] = Candidates(dense, lexical, c.bm25.coverage(prepared.collection, text, top))
+        out[qid] = Candidates(dense, lexical, c.bm25.coverage(prepared.collection, text, top), text)
     return out, {k: 1000 * statistics.median(v) for k, v in times.items() if v}
 
 

@@ -88,7 +88,7 @@ def test_eval_scores_trivial_queries_and_matches_the_retriever(beir, tmp_path):
         lexical = c.bm25.search(report["collection"], text, n)
         top = [i for i, _ in lexical[:COVERAGE_DEPTH]]
         cands = Candidates(retriever.dense(text, n), lexical,
-                           c.bm25.coverage(report["collection"], text, top))
+                           c.bm25.coverage(report["collection"], text, top), text)
         assert rank(cands, rs)[: rs.k] == [d.id for d in retriever.search(text)]
 
     # A second run over the kept work dir re-embeds nothing.

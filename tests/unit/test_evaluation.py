@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from core.bm25 import names_exact_terms
 from core.errors import ConfigError
 from core.settings import RetrievalSettings
 from localcat.evaluation import (
@@ -67,7 +68,7 @@ def test_doc_ranking_keeps_each_documents_best_chunk():
 def test_rank_fuses_like_the_retriever_and_modes_switch_a_side_off():
     rs = RetrievalSettings(rrf_k=60, candidates=20, min_similarity=0.3, min_coverage=0.7)
     c = Candidates(dense=[("a", 0.5), ("b", 0.4), ("c", 0.1)], lexical=[("c", 9.0), ("d", 1.0)],
-                   coverage=0.8)
+                   coverage=0.8, query="what does os.path do")
     # fused: a = 1/61, b = 1/62, c = 1/63 + 1/61, d = 1/62 → c, a, then b/d tie in insertion order
     assert rank(c, unfiltered(rs)) == ["c", "a", "b", "d"]
     # The bar is per question: once it passes, the fused order decides, weak chunks too; the
@@ -82,6 +83,29 @@ def test_rank_fuses_like_the_retriever_and_modes_switch_a_side_off():
     # Each side is cut to max(candidates, k) before fusing: a and c tie at 1/61, dense first.
     short = unfiltered(rs).model_copy(update={"candidates": 1, "k": 1})
     assert rank(c, short) == ["a", "c"]
+
+
+def test_bm25_weighs_less_for_a_question_in_prose_words():
+    rs = unfiltered(RetrievalSettings(rrf_k=1, candidates=20, prose_bm25_weight=0.25))
+    dense, lexical = [("a", 0.5), ("b", 0.4), ("c", 0.1)], [("c", 9.0), ("b", 1.0)]
+    # an exact term: full BM25 weight, c = 1/4 + 1/2 beats a = 1/2
+    assert rank(Candidates(dense, lexical, query="what is SOUND_MIXER_SYNTH for"), rs)[0] == "c"
+    # prose: c = 1/4 + 0.25/2 = 0.375 stays under a; b = 1/3 + 0.25/3 ≈ 0.42 passes c
+    assert rank(Candidates(dense, lexical, query="how do I mix sounds"), rs) == ["a", "b", "c"]
+    # weight 0 leaves BM25-only chunks out of the ranking
+    off = rs.model_copy(update={"prose_bm25_weight": 0.0})
+    assert rank(Candidates(dense, [("d", 9.0)], query="how do I mix sounds"), off) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(("query", "exact"), [
+    ("how do I use os.path", True), ("SOUND_MIXER_SYNTH", True), ("why does len() fail", True),
+    ("what does getElementById return", True), ("what is EXCLUSIVE for?", True),
+    ("what is the helpdesk extension 4417", True), ("what does `x` mean", True),
+    ("Why are floating-point calculations so inaccurate?", False),
+    ("How do I convert a number to a string?", False), ("Is Python 3 free?", False),
+])
+def test_exact_terms_are_identifiers_code_and_long_numbers(query, exact):
+    assert names_exact_terms(query) is exact
 
 
 def test_threshold_rates_count_nothing_found_and_off_topic_hits():
