@@ -8,12 +8,15 @@ which nothing here was chosen on.
 
     .venv/bin/python bench/tune_answers.py [--dev-limit 40] [--only NAME…] [--heldout NAME…] [--write]
 
-Results are cached per candidate in --work-dir, so a run resumes and a table can be re-made.
+Results (and each answer's record) are cached per candidate in --work-dir, so a run resumes and
+a table can be re-made; the cache is keyed by the shipped settings too, so a changed default
+(retrieval, model, prompt) answers anew.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -43,6 +46,7 @@ CANDIDATES = {
     "k 4": {"LOCALCAT_RETRIEVAL__K": "4"},
     "k 5": {"LOCALCAT_RETRIEVAL__K": "5"},
     "repeat 1.0": {"LOCALCAT_LLM__REPEAT_PENALTY": "1.0"},
+    "BM25 1.0 for prose questions (before)": {"LOCALCAT_RETRIEVAL__PROSE_BM25_WEIGHT": "1.0"},
 }
 # A candidate replaces the default only by this much more recall: 40 questions' noise is larger
 # than a few thousandths, and every change of default re-words every answer.
@@ -51,14 +55,26 @@ KEYS = ("key_fact_recall", "token_f1", "source_shown", "citation_correct",
         "grounded_citation_correct", "repetition", "not_found", "refusal", "latency_p50_s")
 
 
+def shipped() -> str:
+    """A short hash of the settings an answer depends on, as shipped (and as this environment
+    sets them): what a cached result was measured under."""
+    from core.settings import Settings
+
+    s = Settings()
+    parts = {k: getattr(s, k).model_dump(mode="json")
+             for k in ("chunking", "embedding", "retrieval", "llm", "pipeline")}
+    return hashlib.sha1(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:8]
+
+
 def run(env_over: dict[str, str], split: str, limit: int | None, work: Path) -> dict:
     """One candidate's figures (kept in ``work``: an interrupted tuning resumes)."""
     key = "-".join(f"{k}={v}" for k, v in sorted(env_over.items())) or f"default-{PROMPT_VERSION}"
-    cached = work / f"result-{split}-{limit}-{key}.json"
+    cached = work / f"result-{shipped()}-{split}-{limit}-{key}.json"
     if cached.is_file():
         return json.loads(cached.read_text())
     args = [str(LOCALCAT), "eval", str(FAQ), "--answers", str(FAQ / "answers.jsonl"),
-            "--split", split, "--work-dir", str(work), "--no-plot", "--json"]
+            "--split", split, "--work-dir", str(work), "--no-plot", "--json",
+            "--records", str(cached.with_suffix(".records.jsonl"))]
     if limit:
         args += ["--limit", str(limit)]
     done = subprocess.run(args, env={**os.environ, **env_over}, capture_output=True, text=True,

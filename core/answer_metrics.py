@@ -24,8 +24,8 @@ STOP_WORDS = frozenset(_STOP.split())
 KEY_FACT_WORDS = 60
 # An answer loops when one word 4-gram occurs 3 or more times: small models that lose the thread
 # repeat a phrase until max_tokens, and normal prose almost never says the same 4 words thrice.
-# A source may say it thrice itself ("it is guaranteed that", FAQ held-out q162): an answer that
-# repeats a 4-gram no more often than one shown source does is copying, not looping.
+# A source may say it thrice itself ("it is guaranteed that", FAQ held-out q162, over two chunks):
+# an answer that repeats a 4-gram no more often than the shown sources do is copying, not looping.
 REPEAT_N, REPEAT_TIMES = 4, 3
 _MARK = re.compile(r"\[\d+\]")  # removed before words are counted
 # A citation as the prompt asks for it ([2]) or grouped as models write it ([1, 3], [1][2]).
@@ -112,12 +112,12 @@ def _grams(text: str, n: int) -> Counter[tuple[str, ...]]:
 def is_repetitive(text: str, sources: Iterable[str] = (), n: int = REPEAT_N,
                   times: int = REPEAT_TIMES) -> bool:
     """The answer loops: one word ``n``-gram occurs ``times`` times or more, and more often than
-    in any one of the ``sources`` shown with it."""
+    in the ``sources`` shown with it, together."""
     repeated = {g: c for g, c in _grams(text, n).items() if c >= times}
+    held: Counter[tuple[str, ...]] = Counter()
     for source in sources if repeated else ():
-        held = _grams(source, n)
-        repeated = {g: c for g, c in repeated.items() if held[g] < c}
-    return bool(repeated)
+        held.update(_grams(source, n))
+    return any(held[g] < c for g, c in repeated.items())
 
 
 def is_refusal(text: str, not_found: str | None = None) -> bool:

@@ -14,8 +14,8 @@ sends it; answers are read only through the pipeline's events (Token, Done). Per
 - support: share of the answer's distinct content words found in the chunks it cites (in all
   chunks shown when it cites none); not measured for refusals;
 - refused: "not found" (the pipeline's own text, or a refusal phrase near the start);
-- repetitive: a word 4-gram occurs 3 times or more, more often than in any one chunk shown (the
-  answer loops, rather than copying a source that repeats itself);
+- repetitive: a word 4-gram occurs 3 times or more, more often than in the chunks shown together
+  (the answer loops, rather than copying a source that repeats itself);
 - latency (call to Done), time to first token, and writing speed (Token events after the first,
   over the time from the first to the last; answers the model wrote, not the pipeline's not-found).
 """

@@ -67,6 +67,8 @@ def test_repetition_is_a_4gram_three_times():
 def test_repeating_a_source_that_repeats_itself_is_no_loop():
     source = "It is guaranteed that a. It is guaranteed that b. It is guaranteed that c."
     assert not is_repetitive(source, ["unrelated text", source])
+    # the source cut into two chunks, both shown
+    assert not is_repetitive(source, source.split(" b. "))
     # the same 4-gram once more than the source has it is a loop again
     assert is_repetitive(source + " It is guaranteed that d.", [source])
     # a loop on one phrase is not excused by another phrase the source repeats
