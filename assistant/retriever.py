@@ -33,10 +33,10 @@ def fuse(query: str, dense: Sequence[tuple[str, float]], lexical: Sequence[tuple
     question away. The one definition, used by the retriever and by ``localcat eval``.
 
     ``dense`` is (id, cosine) and ``lexical`` (id, BM25 score), best first; a side with weight 0
-    counts as empty; RRF runs over each side's first max(candidates, k) hits, BM25's weighted
-    by whether ``query`` names an exact term (bm25_weight) or not (prose_bm25_weight). The bar: nothing
-    unless the best cosine reaches min_similarity or ``coverage()`` (the query-term coverage of
-    the top BM25 hits, asked only when needed) reaches min_coverage.
+    counts as empty; RRF runs over each side's first max(candidates, k) hits, BM25's weighted by
+    whether ``query`` names an exact term (bm25_weight) or not (prose_bm25_weight). The bar:
+    nothing unless the best cosine reaches min_similarity or ``coverage()`` (the query-term
+    coverage of the top BM25 hits, asked only when needed) reaches min_coverage.
     """
     n = max(rs.candidates, rs.k)
     dense = dense[:n] if rs.dense_weight > 0 else []

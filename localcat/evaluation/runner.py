@@ -53,9 +53,12 @@ class Candidates:
 
 
 def mode_settings(rs: RetrievalSettings, mode: str) -> RetrievalSettings:
-    """Retrieval settings for one mode; dense and BM25 alone switch the other side's weight off."""
+    """Retrieval settings for one mode; dense and BM25 alone switch the other side's weight off
+    (BM25 alone ranks every question, prose or not, at its own weight)."""
     return {"dense": rs.model_copy(update={"bm25_weight": 0.0}),
-            "bm25": rs.model_copy(update={"dense_weight": 0.0}), "fused": rs}[mode]
+            "bm25": rs.model_copy(update={"dense_weight": 0.0,
+                                          "prose_bm25_weight": rs.bm25_weight}),
+            "fused": rs}[mode]
 
 
 def unfiltered(rs: RetrievalSettings) -> RetrievalSettings:

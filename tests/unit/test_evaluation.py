@@ -95,6 +95,9 @@ def test_bm25_weighs_less_for_a_question_in_prose_words():
     # weight 0 leaves BM25-only chunks out of the ranking
     off = rs.model_copy(update={"prose_bm25_weight": 0.0})
     assert rank(Candidates(dense, [("d", 9.0)], query="how do I mix sounds"), off) == ["a", "b", "c"]
+    # ... but BM25 alone still ranks a prose question
+    prose = Candidates(dense, lexical, query="how do I mix sounds")
+    assert rank(prose, mode_settings(off, "bm25")) == ["c", "b"]
 
 
 @pytest.mark.parametrize(("query", "exact"), [
