@@ -208,6 +208,7 @@ def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None
     Example: localcat watch ~/handbook --collection handbook
     """
     import signal
+    import threading
     import time
 
     from ingest.watch import Watcher
@@ -234,24 +235,31 @@ def watch(paths: tuple[Path, ...], collection: str | None, quiet_s: float | None
             f"{s['failed']} failed, {s['skipped']} unchanged; {report.chunks_written} chunks "
             f"in {report.seconds:.1f}s", err=True)
 
-    def on_term(signum, frame):  # a service manager's stop: the same clean exit as Ctrl-C
-        raise KeyboardInterrupt
+    # Ctrl-C and a service manager's stop set a flag rather than raise KeyboardInterrupt: raised
+    # inside Thread.join, Python 3.11 can mark the still-running watcher thread as ended, and the
+    # exit then races the batch it is writing.
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():  # a second Ctrl-C does not wait for the batch under way
+            raise KeyboardInterrupt
+        stop.set()
 
     watcher = Watcher(c.indexer, paths, name, on_batch=on_batch,
                       quiet_s=quiet_s or c.settings.ingest.watch_quiet_s,
                       rescan_s=c.settings.ingest.watch_rescan_s if rescan_s is None else rescan_s)
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         with watcher:
             click.echo(f"Watching {', '.join(map(str, watcher.folders))} → {name}; "
                        "Ctrl-C stops.", err=True)
-            try:
-                while not watcher.wait(0.5):  # a timeout, so Ctrl-C reaches this thread
-                    pass
-            except KeyboardInterrupt:
+            while not stop.is_set() and not watcher.wait(0.5):  # a timeout: signals run here
+                pass
+            if stop.is_set():
                 click.echo("Stopping…", err=True)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if watcher.error is not None:
         raise watcher.error
     click.echo("Stopped.", err=True)

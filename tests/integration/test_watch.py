@@ -315,7 +315,9 @@ def _lines(stream, out: queue.Queue) -> None:
         out.put(line)
 
 
-def test_localcat_watch_prints_json_batches_and_stops_on_ctrl_c(fake, folder, monkeypatch):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "term"])
+def test_localcat_watch_prints_json_batches_and_stops_on_ctrl_c(fake, folder, monkeypatch,
+                                                                 stop_signal):
     proc = subprocess.Popen(
         [sys.executable, "-m", "localcat", "watch", str(folder), "-c", "cli", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
@@ -337,7 +339,7 @@ def test_localcat_watch_prints_json_batches_and_stops_on_ctrl_c(fake, folder, mo
         batch = json.loads(lines.get(timeout=WAIT_S))
         assert batch["summary"]["removed"] == 1
 
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         assert proc.wait(timeout=WAIT_S) == 0
         err = proc.stderr.read()
         assert "rescan → cli: 2 added" in err and "Stopped." in err
