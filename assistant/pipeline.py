@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 
 from langchain_core.documents import Document
@@ -19,6 +19,7 @@ from langchain_core.output_parsers import StrOutputParser
 
 from assistant.citations import CitationAttributor, cited_numbers
 from assistant.retriever import HybridRetriever
+from core.answer_metrics import gram_counts, loop_start
 from core.errors import LocalCatError
 from core.prompt import (
     CONDENSE_PROMPT,
@@ -104,8 +105,9 @@ class RagPipeline:
                  on_answer: Callable[[Answer], None] | None = None,
                  attributor: CitationAttributor | None = None,
                  reviewed: Callable[[str], Document | None] | None = None,
-                 prompt_version: str = PROMPT_VERSION):
+                 prompt_version: str = PROMPT_VERSION, stop_loops: bool = True):
         self.llm = llm
+        self.stop_loops = stop_loops
         self.prompt_version = prompt_version
         self.reviewed = reviewed
         self.attributor = attributor
@@ -158,14 +160,21 @@ class RagPipeline:
         usage, finish = None, "stop"
         if docs:
             parts: list[str] = []
+            held = gram_counts(d.page_content for d in docs) if self.stop_loops else None
             stream = self.answer_chain.stream(
                 {"context": format_context(docs), "history": msgs, "question": question}
             )
-            with self._runtime_errors():
+            with self._runtime_errors(), closing(stream):
                 for chunk in stream:
                     if chunk.content:
                         parts.append(chunk.content)
                         yield Token(chunk.content)
+                        cut = loop_start("".join(parts), held) if held is not None else None
+                        if cut is not None:
+                            # The rest would be more of the same until max_tokens; the final
+                            # text (Done) ends where the repeating began.
+                            parts = ["".join(parts)[:cut]]
+                            break
                     if chunk.usage_metadata:  # the runtimes report both on the last chunk
                         usage = Usage(chunk.usage_metadata["input_tokens"],
                                       chunk.usage_metadata["output_tokens"])

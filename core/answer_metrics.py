@@ -27,6 +27,10 @@ KEY_FACT_WORDS = 60
 # A source may say it thrice itself ("it is guaranteed that", FAQ held-out q162, over two chunks):
 # an answer that repeats a 4-gram no more often than the shown sources do is copying, not looping.
 REPEAT_N, REPEAT_TIMES = 4, 3
+# The pipeline stops an answer that loops while it is written: a word 8-gram the third time, more
+# often than the shown chunks hold it. Longer than the measure's 4-gram, so lists in the same
+# words ("the minor version number is incremented for …") go on; looping models repeat sentences.
+GUARD_N, GUARD_TIMES = 8, 3
 _MARK = re.compile(r"\[\d+\]")  # removed before words are counted
 # A citation as the prompt asks for it ([2]) or grouped as models write it ([1, 3], [1][2]).
 _CITE = re.compile(r"\[(\d{1,3}(?:\s*[,;]\s*\d{1,3})*)\]")
@@ -109,14 +113,35 @@ def _grams(text: str, n: int) -> Counter[tuple[str, ...]]:
     return Counter(tuple(w[i : i + n]) for i in range(len(w) - n + 1))
 
 
+def gram_counts(texts: Iterable[str], n: int = GUARD_N) -> Counter[tuple[str, ...]]:
+    """Word ``n``-gram counts over ``texts`` together (what ``loop_start`` allows)."""
+    held: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        held.update(_grams(text, n))
+    return held
+
+
+def loop_start(text: str, held: Counter[tuple[str, ...]] | None = None, n: int = GUARD_N,
+               times: int = GUARD_TIMES) -> int | None:
+    """Where ``text`` began to loop: the offset of the second occurrence of a word ``n``-gram
+    that occurs ``times`` times or more, and more often than in ``held`` (``gram_counts`` of the
+    shown chunks); None when no n-gram does."""
+    spans = [(m.start(), m.group().lower())
+             for m in _WORD.finditer(_MARK.sub(lambda m: " " * len(m.group()), text))]
+    seen: dict[tuple[str, ...], list[int]] = {}
+    for i in range(len(spans) - n + 1):
+        seen.setdefault(tuple(w for _, w in spans[i : i + n]), []).append(spans[i][0])
+    held = held if held is not None else Counter()
+    starts = [at[1] for g, at in seen.items() if len(at) >= times and len(at) > held[g]]
+    return min(starts, default=None)
+
+
 def is_repetitive(text: str, sources: Iterable[str] = (), n: int = REPEAT_N,
                   times: int = REPEAT_TIMES) -> bool:
     """The answer loops: one word ``n``-gram occurs ``times`` times or more, and more often than
     in the ``sources`` shown with it, together."""
     repeated = {g: c for g, c in _grams(text, n).items() if c >= times}
-    held: Counter[tuple[str, ...]] = Counter()
-    for source in sources if repeated else ():
-        held.update(_grams(source, n))
+    held = gram_counts(sources, n) if repeated else Counter()
     return any(held[g] < c for g, c in repeated.items())
 
 

@@ -281,6 +281,10 @@ class PipelineSettings(BaseModel):
         True, description="Rewrite a follow-up into a standalone question using the history."
     )
     history_turns: int = Field(6, ge=0, description="Past messages kept for condensing.")
+    stop_loops: bool = Field(
+        True, description="Stop an answer that repeats a run of 8 words a third time (more often "
+        "than the shown chunks do) and keep it up to where the repeating began: small models "
+        "loop until max_tokens.")
     prompt_version: str = Field(
         "rag-v7", description="The answer prompt (core/prompt.py SYSTEMS), stored with every "
         "answer; fine-tune data sets keep answers made with it.")

@@ -250,7 +250,7 @@ class Container:
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
                            on_answer=self.feedback.record_answer if record else None,
                            attributor=self.attributor, reviewed=self._reviewed_for(retriever),
-                           prompt_version=p.prompt_version)
+                           prompt_version=p.prompt_version, stop_loops=p.stop_loops)
 
     @cached_property
     def reviewed(self):

@@ -11,9 +11,11 @@ from click.testing import CliRunner
 
 from core.answer_metrics import (
     content_words,
+    gram_counts,
     is_refusal,
     is_repetitive,
     key_fact_recall,
+    loop_start,
     support,
     token_f1,
 )
@@ -62,6 +64,21 @@ def test_repetition_is_a_4gram_three_times():
     assert not is_repetitive("The cat sat down. The cat sat down. Then it left.")
     assert is_repetitive("yes yes yes yes yes yes")  # "yes yes yes yes" at 3 offsets
     assert not is_repetitive("short")
+
+
+def test_loop_start_is_the_second_time_round_of_a_run_of_8_words():
+    line = "It is a collection of packages for use in R. "
+    text = "Intro. " + line * 3
+    assert loop_start(text) == len("Intro. ") + len(line)
+    assert loop_start("Intro. " + line * 2) is None  # twice is not yet a loop
+    assert loop_start(text, gram_counts([line * 3])) is None  # the source says it thrice
+    # lists in the same words are not runs of 8
+    versions = ("The major version number is incremented for big changes. The minor version "
+                "number is incremented for small ones. The micro version number is incremented "
+                "for each bugfix release.")
+    assert loop_start(versions) is None
+    # marks do not break a run
+    assert loop_start("Intro. " + (line.strip() + " [1] ") * 3) is not None
 
 
 def test_repeating_a_source_that_repeats_itself_is_no_loop():

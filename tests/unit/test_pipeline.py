@@ -186,3 +186,31 @@ def test_a_copied_source_header_is_dropped_from_the_answer_and_the_copied_text_k
 
     assert "\n[2] (f2.md)\n" in format_context(docs)
     assert drop_echoed_headers(reply, 2).endswith("before 9.\n[7] (not a shown source)")
+
+
+LOOP = "It is a collection of packages that are available for use in R. "
+
+
+def test_an_answer_that_loops_is_stopped_where_the_repeating_began():
+    docs = [doc(1, "CRAN is a collection of R packages.")]
+    reply = "CRAN is a collection of R packages [1]. " + LOOP * 6 + "Never reached."
+    pipe = RagPipeline(fake_llm(reply), FixedRetriever(docs=docs), model_tag="fake",
+                       condense=False)
+    events = list(pipe.stream("What is CRAN?"))
+    answer = events[-1].answer
+    assert answer.raw_answer == ("CRAN is a collection of R packages [1]. " + LOOP).strip()
+    # the model's stream was left at the third time round, not read to its end
+    streamed = "".join(e.text for e in events if isinstance(e, Token))
+    assert LOOP * 2 in streamed and "Never reached" not in streamed
+
+    kept = RagPipeline(fake_llm(reply), FixedRetriever(docs=docs), model_tag="fake",
+                       condense=False, stop_loops=False).ask("What is CRAN?")
+    assert kept.raw_answer == reply.strip()
+
+
+def test_copying_a_source_that_repeats_itself_is_not_stopped():
+    docs = [doc(1, LOOP * 3)]
+    reply = LOOP * 3 + "That is all [1]."
+    answer = RagPipeline(fake_llm(reply), FixedRetriever(docs=docs), model_tag="fake",
+                         condense=False).ask("What is it?")
+    assert answer.raw_answer == reply.strip()
