@@ -19,7 +19,7 @@ from langchain_core.output_parsers import StrOutputParser
 
 from assistant.citations import CitationAttributor, cited_numbers
 from assistant.retriever import HybridRetriever
-from core.answer_metrics import gram_counts, loop_start
+from core.answer_metrics import LoopWatch, gram_counts
 from core.errors import LocalCatError
 from core.prompt import (
     CONDENSE_PROMPT,
@@ -160,7 +160,7 @@ class RagPipeline:
         usage, finish = None, "stop"
         if docs:
             parts: list[str] = []
-            held = gram_counts(d.page_content for d in docs) if self.stop_loops else None
+            watch = LoopWatch(gram_counts(d.page_content for d in docs)) if self.stop_loops else None
             stream = self.answer_chain.stream(
                 {"context": format_context(docs), "history": msgs, "question": question}
             )
@@ -169,7 +169,7 @@ class RagPipeline:
                     if chunk.content:
                         parts.append(chunk.content)
                         yield Token(chunk.content)
-                        cut = loop_start("".join(parts), held) if held is not None else None
+                        cut = watch.feed("".join(parts)) if watch is not None else None
                         if cut is not None:
                             # The rest would be more of the same until max_tokens; the final
                             # text (Done) ends where the repeating began.

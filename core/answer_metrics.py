@@ -121,19 +121,44 @@ def gram_counts(texts: Iterable[str], n: int = GUARD_N) -> Counter[tuple[str, ..
     return held
 
 
+class LoopWatch:
+    """Follows an answer as it grows and tells where it began to loop: the offset of the second
+    occurrence of a word ``n``-gram that occurs ``times`` times or more, and more often than in
+    ``held`` (``gram_counts`` of the shown chunks). Each call reads only the text added since the
+    last, so a streamed answer costs linear time."""
+
+    def __init__(self, held: Counter[tuple[str, ...]] | None = None, n: int = GUARD_N,
+                 times: int = GUARD_TIMES):
+        self.held, self.n, self.times = held if held is not None else Counter(), n, times
+        self._read = 0  # text before this offset is counted (it ends at a space: whole words)
+        self._words: list[tuple[int, str]] = []
+        self._seen: dict[tuple[str, ...], list[int]] = {}
+        self.start: int | None = None
+
+    def feed(self, text: str, *, final: bool = False) -> int | None:
+        """``text`` is the whole answer so far; ``final``: it is complete (its last word too)."""
+        end = len(text) if final else max(text.rfind(" "), text.rfind("\n"))
+        if end <= self._read:
+            return self.start
+        part = _MARK.sub(lambda m: " " * len(m.group()), text[self._read : end])
+        n = self.n
+        for m in _WORD.finditer(part):
+            self._words.append((self._read + m.start(), m.group().lower()))
+            if len(self._words) < n:
+                continue
+            gram = tuple(w for _, w in self._words[-n:])
+            at = self._seen.setdefault(gram, [])
+            at.append(self._words[-n][0])
+            if len(at) >= self.times and len(at) > self.held[gram]:
+                self.start = at[1] if self.start is None else min(self.start, at[1])
+        self._read = end
+        return self.start
+
+
 def loop_start(text: str, held: Counter[tuple[str, ...]] | None = None, n: int = GUARD_N,
                times: int = GUARD_TIMES) -> int | None:
-    """Where ``text`` began to loop: the offset of the second occurrence of a word ``n``-gram
-    that occurs ``times`` times or more, and more often than in ``held`` (``gram_counts`` of the
-    shown chunks); None when no n-gram does."""
-    spans = [(m.start(), m.group().lower())
-             for m in _WORD.finditer(_MARK.sub(lambda m: " " * len(m.group()), text))]
-    seen: dict[tuple[str, ...], list[int]] = {}
-    for i in range(len(spans) - n + 1):
-        seen.setdefault(tuple(w for _, w in spans[i : i + n]), []).append(spans[i][0])
-    held = held if held is not None else Counter()
-    starts = [at[1] for g, at in seen.items() if len(at) >= times and len(at) > held[g]]
-    return min(starts, default=None)
+    """Where the complete ``text`` began to loop (see LoopWatch); None when it does not."""
+    return LoopWatch(held, n, times).feed(text, final=True)
 
 
 def is_repetitive(text: str, sources: Iterable[str] = (), n: int = REPEAT_N,
