@@ -28,6 +28,7 @@ from localcat.evaluation import (  # noqa: E402
     SIM_GRID,
     collect,
     doc_ranking,
+    load_answers,
     load_beir,
     prepare,
     rank,
@@ -113,8 +114,7 @@ def prose_sweep(folder: Path, per_split: dict, splits: dict, chunk_doc: dict,
     first = next(iter(per_split))
     groups: dict[str, tuple[dict, dict]] = {}
     answers = folder / "answers.jsonl"
-    split_of = ({r["id"]: r.get("split") for r in map(json.loads, answers.open())}
-                if answers.is_file() else {})
+    split_of = {a.id: a.split for a in load_answers(answers)} if answers.is_file() else {}
     for part in sorted({s for s in split_of.values() if s}):
         ids = [q for q in per_split[first] if split_of.get(q) == part]
         groups[f"{first} {part}"] = ({q: per_split[first][q] for q in ids},
