@@ -331,6 +331,24 @@ class ServerSettings(BaseModel):
         3, ge=0, description="After SIGTERM, how long requests in flight may finish (running "
         "ingests are cancelled at once; their uploads are finished at the next start).")
     ui: bool = Field(True, description="Mount the Gradio chat page at /ui.")
+    trusted_hosts: list[str] | None = Field(
+        None, description="Host names (the Host header, port ignored) the server answers; '*' "
+        "any. Unset: the loopback names when bound to loopback (a web page the user visits cannot "
+        "reach it by DNS rebinding), else any. Behind a reverse proxy, list its public names.")
+    trusted_origins: list[str] = Field(
+        default_factory=list, description="Other origins (scheme://host[:port]) whose pages may "
+        "send state-changing requests; the server's own origin and trusted_hosts always may.")
+    max_request_kb: int = Field(
+        1024, ge=1, description="Largest request body outside uploads; past it 413 before it is "
+        "read.")
+    max_files_per_upload: int = Field(
+        20, ge=1, description="Files one upload (/api/ingest or the page) may carry.")
+    max_question_chars: int = Field(
+        4000, ge=1, description="Longest question a chat may ask (the last user message).")
+    max_messages: int = Field(
+        200, ge=1, description="Most messages one chat request may carry (history included).")
+    max_message_chars: int = Field(
+        16000, ge=1, description="Longest earlier message of a chat's history.")
 
 
 # Words that mark a row as abusive. Deliberately short: the point is to keep obvious abuse out of

@@ -169,10 +169,12 @@ class Gate:
     # --- what a principal may do ------------------------------------------------------------------
 
     def take(self, principal: Principal, kind: str) -> None:
-        """Count a chat or an upload against the key's limit; RateLimited (429) past it."""
+        """Count a chat, a rating or an upload against the key's limit; RateLimited (429) past it."""
         if principal.name is None:
             return
-        setting = {"chat": "server.chat_per_minute", "upload": "server.uploads_per_minute"}[kind]
+        # Ratings and corrections count at the chats' rate, in a bucket of their own.
+        setting = {"chat": "server.chat_per_minute", "feedback": "server.chat_per_minute",
+                   "upload": "server.uploads_per_minute"}[kind]
         limit = principal.per_minute or getattr(self.settings, setting.split(".")[1])
         self.limits.take(principal.name, kind, limit, setting)
 

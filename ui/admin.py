@@ -17,22 +17,23 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from core.errors import Forbidden, LocalCatError
+from core.errors import LocalCatError
 
 ALL = "(all)"
 RATINGS = [(ALL, ALL), ("👍 up", "up"), ("👎 down", "down"),
            ("✎ with a correction", "correction")]
 FEEDBACK_HEADERS = ["feedback", "when (UTC)", "rating", "correction", "collection", "model",
                     "question", "answer id"]
-REVIEWED_HEADERS = ["#", "collection", "question", "corrected answer", "by", "when (UTC)",
-                    "revoked"]
+REVIEWED_HEADERS = ["#", "status", "collection", "question", "corrected answer", "by",
+                    "when (UTC)", "revoked"]
+EXPORTS = "localcat-export-"
+"""Folder prefix of the Admin tab's exports in Gradio's cache: served to admins only."""
 VERSION_HEADERS = ["served", "version", "status", "run", "trainer", "train examples",
                    "quality base → adapter", "F1 base → adapter", "key facts base → adapter",
                    "loss base → adapter", "created (UTC)"]
@@ -76,7 +77,7 @@ def feedback_table(rows: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def reviewed_table(rows: list[Any]) -> list[list[Any]]:
-    return [[r.id, r.collection, _short(r.question), _short(r.answer, 60), r.user or "",
+    return [[r.id, r.status, r.collection, _short(r.question), _short(r.answer, 60), r.user or "",
              _when(r.created_at.isoformat()),
              f"{_when(r.revoked_at)} ({r.revoked_by})" if r.revoked_at else ""] for r in rows]
 
@@ -368,63 +369,66 @@ ADMIN_CSS = """
 
 
 class AdminGate:
-    """Who is behind a page request (``principal``: the server's key gate; None: a local page,
-    whose user is an admin), whether they may take an admin action, and its audit record."""
+    """Whether the caller behind a page request is an admin, and the admin behind it."""
 
-    def __init__(self, principal: Callable[[Mapping[str, str]], Any] | None = None,
-                 audit: Callable[..., None] | None = None):
-        self.principal = principal
-        self.audit = audit
-
-    def who(self, request: Any) -> Any:
-        """The principal behind a page request (a ``gr.Request``); None: no gate."""
-        if self.principal is None or request is None:
-            return None
-        return self.principal(request.headers)
+    def __init__(self, callers: Callable[[Any], Any]):
+        self.callers = callers
 
     def is_admin(self, request: Any) -> bool:
         try:
-            p = self.who(request)
+            return self.callers(request).role == "admin"
         except LocalCatError:
             return False
-        return p is None or p.role == "admin"
 
     def require(self, request: Any, what: str) -> Any:
         """The admin behind ``request``, or a ``gr.Error`` saying why they may not do ``what``."""
         import gradio as gr
 
         try:
-            p = self.who(request)
-            if p is not None:
-                p.require_admin(what)
-        except Forbidden as err:
-            raise gr.Error(str(err), title="Forbidden") from err
-        except LocalCatError as err:  # an unknown or revoked key
+            p = self.callers(request)
+            p.require_admin(what)
+        except LocalCatError as err:  # not an admin, or an unknown or revoked key
             raise gr.Error(str(err), title=type(err).__name__) from err
         return p
 
-    def log(self, p: Any, action: str, target: str | None = None) -> None:
-        if self.audit is not None and p is not None:
-            self.audit(p, action, target)
+
+def export_folder() -> Path:
+    """A new folder for one export, in Gradio's cache under an unguessable name."""
+    import secrets
+
+    from gradio.utils import get_upload_folder
+
+    folder = Path(get_upload_folder()) / f"{EXPORTS}{secrets.token_hex(16)}"
+    folder.mkdir(parents=True)
+    return folder
 
 
-def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | None = None,
-                audit: Callable[..., None] | None = None) -> tuple[Any, Callable[..., Any], list]:
+def build_admin(uc: Any, callers: Callable[[Any], Any]) -> tuple[Any, Callable[..., Any], list]:
     """Lay out the Admin tab inside the page's ``gr.Tabs``; returns the tab, and the page-load
     handler that shows it to admins only with its outputs."""
     import gradio as gr
     import pandas as pd
 
+    from core.acts import FeedbackFilter
     from ui.app import _warn
 
+    container = uc.parts.container
     settings = container.settings
     runs_root = settings.data_dir / "finetune"
     jobs: dict[str, FinetuneJob | None] = {"current": None}
-    # In the temporary folder: Gradio serves files from there (not from data_dir).
-    exports = Path(tempfile.mkdtemp(prefix="localcat-exports-"))
 
-    gate = AdminGate(principal, audit)
-    is_admin, require_admin, log = gate.is_admin, gate.require, gate.log
+    gate = AdminGate(callers)
+    is_admin, require_admin = gate.is_admin, gate.require
+
+    def log(p: Any, action: str, target: str | None = None) -> None:
+        uc.parts.audit(p, action, target)
+
+    def acting(request: Any, act: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run use case ``act`` as the caller; its refusal becomes the page's error."""
+        try:
+            return act(callers(request), *args, **kwargs)
+        except LocalCatError as err:
+            raise gr.Error(str(err), title=type(err).__name__) from err
 
     def frame(rows: list[list[Any]], headers: list[str]) -> Any:
         return pd.DataFrame(rows, columns=headers)
@@ -435,11 +439,9 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
     # --- feedback ---------------------------------------------------------------------------------
 
     def feedback_list(rating, collection, model, latest_only, request: gr.Request):
-        require_admin(request, "read all feedback")
+        rows = acting(request, uc.recent_feedback, FeedbackFilter(
+            latest_only, pick(rating), pick(collection), pick(model)))
         facets = container.feedback.answer_facets()
-        rows = container.feedback.recent_feedback(
-            200, latest_only=latest_only, rating=pick(rating), collection=pick(collection),
-            model=pick(model))
         return (frame(feedback_table(rows), FEEDBACK_HEADERS),
                 gr.Dropdown(choices=[ALL, *facets["collections"]]),
                 gr.Dropdown(choices=[ALL, *facets["models"]]),
@@ -447,12 +449,11 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
 
     def open_snapshot(answer_id: str, request: gr.Request):
         require_admin(request, "read all feedback")
-        answer_id = (answer_id or "").strip()
-        answer = container.feedback.get_answer(answer_id) if answer_id else None
-        if answer is None:
-            return _warn(LocalCatError(f"No answer {answer_id!r}",
-                                       "pick a row of the feedback list"))
-        return snapshot_html(answer, container.feedback.feedback_for(answer_id))
+        try:
+            answer, verdicts = uc.answer_snapshot(callers(request), (answer_id or "").strip())
+        except LocalCatError as err:
+            return _warn(err)
+        return snapshot_html(answer, verdicts)
 
     def select_feedback(evt: gr.SelectData, request: gr.Request):
         row = evt.row_value or []
@@ -461,58 +462,49 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
         return row[-1], open_snapshot(row[-1], request)
 
     def export(rating, collection, model, latest_only, request: gr.Request):
-        p = require_admin(request, "export all feedback")
-        if p is not None:
-            try:
-                p.require_every_collection("export all feedback")
-            except Forbidden as err:
-                raise gr.Error(str(err), title="Forbidden") from err
         import json
 
-        # Gradio serves the file from its own cache (a copy): one file here, rewritten each time.
-        path = exports / "feedback.jsonl"
-        tmp = path.with_name(f".feedback-{threading.get_ident()}.jsonl")
+        rows = acting(request, uc.export_feedback, FeedbackFilter(
+            latest_only, pick(rating), pick(collection), pick(model)))
+        # In Gradio's cache, where it serves files from without copying them; the page's file
+        # route gives EXPORTS to admins only (localcat/api/guards.py), and the cache is cleaned.
+        path = export_folder() / "feedback.jsonl"
         n = 0
-        with tmp.open("w", encoding="utf-8") as fp:
-            for row in container.feedback.iter_feedback(
-                    latest_only, rating=pick(rating), collection=pick(collection),
-                    model=pick(model)):
+        with path.open("w", encoding="utf-8") as fp:
+            for row in rows:
                 fp.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
                 n += 1
-        tmp.replace(path)
-        log(p, "feedback.export")
         return gr.File(value=str(path), visible=True), f"Exported {n} row(s) as JSONL."
 
     # --- reviewed answers -------------------------------------------------------------------------
 
     def reviewed_list(revoked: bool, request: gr.Request):
-        require_admin(request, "list reviewed answers")
-        rows = container.feedback.reviewed(revoked=revoked)
-        return frame(reviewed_table(rows), REVIEWED_HEADERS)
+        rows = acting(request, uc.reviewed, revoked=revoked)
+        pending = acting(request, uc.reviewed, pending=True)
+        return frame(reviewed_table(pending + rows), REVIEWED_HEADERS)
 
     def select_reviewed(evt: gr.SelectData, request: gr.Request):
         require_admin(request, "list reviewed answers")
         row = evt.row_value or []
         return row[0] if row else gr.skip()
 
-    def revoke(reviewed_id, revoked: bool, request: gr.Request):
-        p = require_admin(request, "revoke reviewed answers")
-        if not reviewed_id:
-            gr.Warning("Pick a reviewed answer first (click its row).")
-            return gr.skip(), gr.skip()
-        try:
-            row = container.feedback.revoke_reviewed(int(reviewed_id),
-                                                     by=p.label if p else "an admin (page)")
-        except LocalCatError as err:
-            return gr.skip(), _warn(err)
-        log(p, "reviewed.revoke", str(row.id))
-        return reviewed_list(revoked, request), f"Revoked reviewed answer #{row.id}."
+    def judge(action: str, done: str):
+        def handler(reviewed_id, revoked: bool, request: gr.Request):
+            require_admin(request, f"{action} reviewed answers")
+            if not reviewed_id:
+                gr.Warning("Pick a reviewed answer first (click its row).")
+                return gr.skip(), gr.skip()
+            try:
+                row = uc.judge_reviewed(callers(request), int(reviewed_id), action)
+            except LocalCatError as err:
+                return gr.skip(), _warn(err)
+            return reviewed_list(revoked, request), f"{done} reviewed answer #{row.id}."
+        return handler
 
     # --- model versions ---------------------------------------------------------------------------
 
     def versions(request: gr.Request):
-        require_admin(request, "list model versions")
-        listed = container.registry.versions()
+        listed = acting(request, uc.model_versions)
         serving = next((v.name for v in listed if v.active), "base")
         return (frame(versions_table(listed), VERSION_HEADERS),
                 gr.Dropdown(choices=["base", *[v.name for v in listed]], value=serving),
@@ -520,14 +512,12 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
 
     def switch(action: str):
         def handler(name: str | None, request: gr.Request):
-            p = require_admin(request, "switch models")
+            require_admin(request, "switch models")
             try:
-                v = (container.registry.use(name or "base") if action == "use"
-                     else container.registry.rollback())
+                serving = (uc.use_model(callers(request), name) if action == "use"
+                           else uc.rollback_model(callers(request)))
             except LocalCatError as err:
                 return gr.skip(), gr.skip(), _warn(err)
-            serving = v.name if v else "base"
-            log(p, f"models.{action}", serving)
             table, choices, _ = versions(request)
             return table, choices, f"Serving **{serving}** from the next answer on."
         return handler
@@ -543,7 +533,7 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
         if collection not in names:
             return (gr.Dropdown(choices=names, value=None), frame([], RETRIEVAL_HEADERS),
                     gr.Dropdown(choices=[], value=None))
-        listed = container.store.retrieval_versions(collection)
+        listed = acting(request, uc.retrieval_versions, collection)
         serving = next((v.name for v in listed if v.active), None)
         return (gr.Dropdown(choices=names, value=collection),
                 frame(retrieval_table(listed), RETRIEVAL_HEADERS),
@@ -552,18 +542,15 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
 
     def retrieval_switch(action: str):
         def handler(collection: str | None, version: str | None, request: gr.Request):
-            from core.chunkstore import parse_version
-            from finetune.retrieval import rollback, use_version
-
-            p = require_admin(request, "switch retrieval versions")
+            require_admin(request, "switch retrieval versions")
             try:
                 if not collection:
                     raise LocalCatError("No collection picked", "pick one first")
-                v = (use_version(container, collection, parse_version(version or "r0"))
-                     if action == "use" else rollback(container, collection))
+                who = callers(request)
+                v = (uc.use_retrieval(who, collection, version or "r0") if action == "use"
+                     else uc.rollback_retrieval(who, collection))
             except LocalCatError as err:
                 return gr.skip(), gr.skip(), gr.skip(), _warn(err)
-            log(p, f"retrieval.{action}", f"{collection} {v.name}")
             return (*retrieval(collection, request),
                     f"Serving retrieval {v.name} on {collection!r}.")
         return handler
@@ -571,16 +558,13 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
     # --- monitoring -------------------------------------------------------------------------------
 
     def monitoring(days, model, collection, request: gr.Request):
-        from assistant.feedback import first_day, served_totals
-
         require_admin(request, "read the monitoring figures")
         try:
-            since = first_day(int(days or 30))
+            out = uc.monitoring(callers(request), int(days or 30), model=pick(model),
+                                collection=pick(collection))
         except LocalCatError as err:
             return gr.skip(), gr.skip(), gr.skip(), _warn(err)
-        rows = container.feedback.monitoring(since, model=pick(model),
-                                             collection=pick(collection))
-        totals = served_totals(rows)
+        since, rows, totals = out["since"], out["days"], out["totals"]
         return (frame(monitoring_table(totals), MONITORING_HEADERS),
                 frame(monitoring_table(rows), MONITORING_HEADERS),
                 monitoring_figure(rows) if rows else None,
@@ -686,8 +670,8 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
                     f_open = gr.Button("Open snapshot", elem_id="fb-open", scale=1, size="sm")
                 f_snapshot = gr.HTML("", elem_id="fb-snapshot", css_template=ADMIN_CSS)
 
-                gr.Markdown("### Reviewed answers (users' corrections, served to questions that "
-                            "mean the same)")
+                gr.Markdown("### Reviewed answers (corrections served to questions that mean the "
+                            "same; a user's waits, pending, until an admin approves it)")
                 with gr.Row():
                     r_revoked = gr.Checkbox(False, label="Include revoked",
                                             elem_id="rv-revoked")
@@ -696,6 +680,9 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
                                        elem_id="rv-table", max_height=320)
                 with gr.Row():
                     r_id = gr.Number(label="Reviewed answer #", precision=0, elem_id="rv-id")
+                    r_approve = gr.Button("Approve", variant="primary", elem_id="rv-approve",
+                                          size="sm")
+                    r_reject = gr.Button("Reject", elem_id="rv-reject", size="sm")
                     r_revoke = gr.Button("Revoke", variant="stop", elem_id="rv-revoke",
                                          size="sm")
                 r_status = gr.Markdown("", elem_id="rv-status")
@@ -783,7 +770,9 @@ def build_admin(container: Any, *, principal: Callable[[Mapping[str, str]], Any]
 
     on([tab.select, r_refresh.click, r_revoked.input], reviewed_list, [r_revoked], [r_table])
     on([r_table.select], select_reviewed, None, [r_id])
-    on([r_revoke.click], revoke, [r_id, r_revoked], [r_table, r_status])
+    on([r_revoke.click], judge("revoke", "Revoked"), [r_id, r_revoked], [r_table, r_status])
+    on([r_approve.click], judge("approve", "Approved"), [r_id, r_revoked], [r_table, r_status])
+    on([r_reject.click], judge("reject", "Rejected"), [r_id, r_revoked], [r_table, r_status])
 
     def facets(request: gr.Request):
         require_admin(request, "read the monitoring figures")

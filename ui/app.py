@@ -1,45 +1,35 @@
 """The Gradio page: chat with streamed answers and their sources, feedback, pickers and upload;
 admins can pull a model from the Model picker (ui/models.py).
 
-It only renders what ``assistant/`` gives it: answers come from ``container.pipeline(...).stream``,
-feedback goes to ``container.feedback``, uploads to ``container.indexer``. The server mounts it with
-``gr.mount_gradio_app(app, build_ui(container, principal=..., audit=...), path="/ui")``; admins also
-get the Admin tab (ui/admin.py).
+It only renders what the use cases (localcat/usecases/) return, acting as the caller behind each
+request: asking, rating, correcting and uploading get the API's checks. The server mounts it with
+``gr.mount_gradio_app(app, build_ui(usecases, principal=...), path="/ui")``; admins also get the
+Admin tab (ui/admin.py).
 
 No ``from __future__ import annotations`` here: Gradio reads handler annotations such as
 ``gr.LikeData`` at runtime, and ``gr`` is only a local of ``build_ui`` (imported lazily).
 """
 
 import html
-import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from core.errors import LocalCatError, MissingDependency
 from core.schemas import Answer, Citation, IngestReport, Message, new_answer_id
 from core.settings import LLMSettings
+from ui.chat import THUMB, Callers, ChatHandlers, Session
 
 if TYPE_CHECKING:
     import gradio
 
+    from localcat.auth import Principal
+    from localcat.usecases import UseCases
+
 FILES_ROUTE = "/files"
 NO_SOURCES = "<p class='lc-empty'>No sources for this question.</p>"
 SEARCHING = "<p class='lc-empty'>Searching the documents…</p>"
-RATING_ICON = {"up": "👍", "down": "👎"}
-THUMB = {"up": "Like", "down": "Dislike"}  # gr.Chatbot's feedback labels
-
-
-@dataclass
-class Session:
-    """Per-browser-tab state, kept in ``gr.State`` (Gradio deep-copies it for each session)."""
-
-    history: list[Message] = field(default_factory=list)
-    answer_ids: dict[int, str] = field(default_factory=dict)  # chat message index -> answer id
-    last_answer_id: str | None = None
-    ratings: dict[str, str] = field(default_factory=dict)  # answer id -> this tab's last rating
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -179,302 +169,214 @@ def _warn(err: LocalCatError) -> str:
     return f"⚠️ {err}"
 
 
-def build_ui(container: Any, *, principal: Callable[[Mapping[str, str]], Any] | None = None,
-             audit: Callable[..., None] | None = None,
-             uploads: Callable[..., Any] | None = None) -> "gradio.Blocks":
-    """The LocalCat page for ``container`` (an ``localcat.container.Container``).
+def build_ui(uc: "UseCases", *,
+             principal: Callable[[Mapping[str, str]], "Principal"]) -> "gradio.Blocks":
+    """The LocalCat page over the use cases ``uc`` (localcat/usecases/).
 
-    ``principal`` tells who is behind a request from its headers (the server's key gate; it
-    returns a ``localcat.auth.Principal``); without it the page is local and its user an admin.
-    ``audit`` records the admin actions taken on the page, as the API records its own.
-    ``uploads(collection, save, ingest)`` runs an upload the way the server runs the API's
-    (``localcat.uploads.ingest_upload``: its bounded queue, journal and cancel on shutdown).
+    ``principal`` tells who is behind a request from its headers (the server's key gate); every
+    handler acts as that caller, so the page gets exactly the API's checks. Admins also get the
+    Admin tab (ui/admin.py).
     """
     try:
         import gradio as gr
     except ImportError as err:
         raise MissingDependency("gradio", "./scripts/setup") from err
 
-    from ui.admin import AdminGate, CommandJob, build_admin
-    from ui.models import picker, pull_argv, pull_env
+    from ui.admin import build_admin
+    from ui.models import PullControls
 
-    settings = container.settings
-    default_collection = settings.chroma.collection
-    gate = AdminGate(principal, audit)
-    # One pull at a time for the whole page, followed by whichever admin tab has it open.
-    pulls: dict[str, Any] = {"job": None, "name": None}
+    callers = Callers(principal)
+    container = uc.parts.container
+    chat = ChatHandlers(uc, callers, _warn, lambda exc: _as_localcat_error(exc, container.served_llm))
+    pulls = PullControls(uc, callers)
+    # Page files (uploads on their way in, exports on their way out) live at most 15 minutes.
+    with gr.Blocks(title="LocalCat", fill_height=True, delete_cache=(300, 900)) as page:
+        session = gr.State(Session())
+        gr.Markdown("## 🐱 LocalCat — ask your documents")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat-tab", elem_id="chat-tab"):
+                ui = _chat_layout(gr, uc.parts.settings.chroma.collection)
+            # Shown to admins only (on load); its handlers check again.
+            _, admin_load, admin_outputs = build_admin(uc, callers)
+        _wire_chat(gr, page, ui, session, chat, pulls, uc)
+        page.load(admin_load, None, admin_outputs)
+    # Gradio checks that a client's FileData paths lie in its upload folder only for a launched
+    # page; mounted, it would copy any server file the client names into its cache (and hand it
+    # to the handler). Marked launched, its own check applies; ui/chat.py checks again.
+    page.has_launched = True
+    return page
 
-    def collection_choices() -> list[tuple[str, str]]:
+
+def _chat_layout(gr, default_collection: str) -> dict:
+    """The Chat tab's components, by name."""
+    ui: dict = {}
+    with gr.Row():
+        ui["collection"] = gr.Dropdown(label="Collection", value=default_collection,
+                                       allow_custom_value=True, elem_id="collection", scale=3,
+                                       info="Type a new name to upload into a new collection.")
+        ui["model"] = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
+        ui["pull_btn"] = gr.Button("⬇ Pull", elem_id="pull", scale=1, size="sm", visible=False)
+        ui["refresh_btn"] = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
+    ui["pull_status"] = gr.Markdown("", elem_id="pull-status")
+    ui["pull_log"] = gr.Textbox(label="Pull output", lines=6, max_lines=6, autoscroll=True,
+                                interactive=False, visible=False, elem_id="pull-log")
+    ui["pull_timer"] = gr.Timer(1.0, active=False)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=3):
+            ui["chat"] = gr.Chatbot(label="Chat", elem_id="chat", height=460,
+                                    feedback_options=("Like", "Dislike"))
+            with gr.Row():
+                ui["question"] = gr.Textbox(placeholder="Ask a question about your documents…",
+                                            show_label=False, elem_id="question", scale=5,
+                                            submit_btn=False, lines=1, max_lines=4)
+                ui["ask_btn"] = gr.Button("Ask", variant="primary", elem_id="ask", scale=1)
+            ui["status"] = gr.Markdown("", elem_id="feedback-status")
+            with gr.Row():
+                ui["up_btn"] = gr.Button("👍 Good answer", elem_id="thumbs-up", size="sm")
+                ui["down_btn"] = gr.Button("👎 Bad answer", elem_id="thumbs-down", size="sm")
+            ui["correction"] = gr.Textbox(label="Correct answer (for the last answer)", lines=2,
+                                          elem_id="correction")
+            ui["correct_btn"] = gr.Button("Send correction", elem_id="send-correction", size="sm")
+        with gr.Column(scale=2):
+            gr.Markdown("### Sources")
+            ui["sources"] = gr.HTML("<p class='lc-empty'>Sources of the latest answer appear "
+                                    "here.</p>", elem_id="sources", css_template=SOURCES_CSS)
+            ui["upload"] = gr.File(label="Add documents to the collection", file_count="multiple",
+                                   elem_id="upload")
+            ui["report"] = gr.Markdown("", elem_id="ingest-report")
+    return ui
+
+
+def _wire_chat(gr, page, ui: dict, session, chat: ChatHandlers, pulls,
+               uc: "UseCases") -> None:
+    """The Chat tab's events."""
+    default_collection = uc.parts.settings.chroma.collection
+
+    def collection_choices(request) -> list[tuple[str, str]]:
         return [(f"{c['name']} ({c['files']} files, {c['chunks']} chunks)", c["name"])
-                for c in container.store.collections()]
+                for c in uc.collections(chat.callers(request))]
 
-    # The model the settings name, as the list spells it. Asking with it passes no override, so the
-    # page shares the container's default model (one llama.cpp load) with the HTTP API.
-    configured: dict[str, str | None] = {"model": None}
-
-    def model_dropdown(model: str | None):
-        chosen = picker(container)
-        if chosen.error is not None:
-            # The page stays usable with the configured model; say why the list is short.
-            _warn(chosen.error)
-        configured["model"] = chosen.configured
-        if model not in chosen.values:
-            model = chosen.configured
-        return gr.Dropdown(choices=chosen.choices, value=model, info=chosen.info)
-
-    def refresh(collection: str | None, model: str | None):
-        colls = collection_choices()
+    def refresh(collection: str | None, model: str | None, request: gr.Request):
+        colls = collection_choices(request)
         names = [v for _, v in colls]
         if collection not in names:
             collection = default_collection if default_collection in names or not names else names[0]
-        return gr.Dropdown(choices=colls, value=collection), model_dropdown(model)
+        return gr.Dropdown(choices=colls, value=collection), pulls.dropdown(model)
 
-    # --- pulling a model (admins) -----------------------------------------------------------------
+    def ask(question: str, history: list[dict], state: Session, collection: str | None,
+            model: str | None, request: gr.Request):
+        yield from _ask(gr, chat, request, question, history, state, collection,
+                        pulls.override(model))
 
-    def start_pull(model: str | None, request: gr.Request):
-        from core.catalog import CATALOG
-        from core.llm import serves_embedded
-
-        p = gate.require(request, "pull models")
-        name = (model or "").strip()
-        job: CommandJob | None = pulls["job"]
-        if job is not None and job.running:
-            gr.Warning(f"{job.title} is still running.")
-            return gr.skip(), gr.skip(), gr.skip()
-        embedded = serves_embedded(container.served_llm, container.ollama_hosts)
-        if not name or (embedded and name not in CATALOG):
-            gr.Warning(f"Pick a model to pull first: one of {', '.join(CATALOG)}" if embedded
-                       else "Type the name of an Ollama model first (e.g. llama3.2).")
-            return gr.skip(), gr.skip(), gr.skip()
-        job = pulls["job"] = CommandJob(pull_argv(name, ollama=not embedded),
-                                        pull_env(settings), f"Pull of `{name}`")
-        pulls["name"] = name
-        gate.log(p, "models.pull", name)
-        return (gr.Textbox(value=job.command_line, visible=True), job.status(),
-                gr.Timer(active=True))
-
-    def follow_pull(model: str | None, request: gr.Request):
-        gate.require(request, "follow model pulls")
-        job = pulls["job"]
-        if job is None:
-            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
-        output = gr.Textbox(value=job.command_line + job.output(), visible=True)
-        if job.running:
-            return output, job.status(), gr.skip(), gr.skip()
-        # Done: list it as installed (and pick it) once it is.
-        return (output, job.status(), gr.Timer(active=False),
-                model_dropdown(pulls["name"] if job.returncode == 0 else model))
-
-    def pull_load(request: gr.Request):
-        """The Pull button for admins; a pull that is going on is followed."""
-        if not gate.is_admin(request):
-            return gr.Button(visible=False), gr.skip()
-        job = pulls["job"]
-        return gr.Button(visible=True), gr.Timer(active=job is not None and job.running)
-
-    def ask(question: str, chat: list[dict], session: Session, collection: str | None,
-            model: str | None):
-        from assistant.pipeline import Done, Sources, Token
-
-        question = (question or "").strip()
-        if not question:
-            gr.Warning("Type a question first.")
-            yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-            return
-        collection = collection or default_collection
-        chat = [*chat, {"role": "user", "content": question},
-                {"role": "assistant", "content": "…"}]
-        yield chat, "", SEARCHING, session, gr.skip()
-        text = ""
-        answer_id = new_answer_id()  # known up front, so the cards' ids match the answer's links
-        try:
-            override = model if model and model != configured["model"] else None
-            pipeline = container.pipeline(collection, override, record=True)
-            for event in pipeline.stream(question, session.history, answer_id=answer_id):
-                if isinstance(event, Sources):
-                    yield (gr.skip(), gr.skip(), sources_html(event.citations, collection, answer_id),
-                           gr.skip(), gr.skip())
-                elif isinstance(event, Token):
-                    text += event.text
-                    chat[-1] = {"role": "assistant", "content": text}
-                    yield chat, gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                elif isinstance(event, Done):
-                    answer = event.answer
-        except Exception as exc:
-            err = _as_localcat_error(exc, container.served_llm)
-            if err is None:
-                raise
-            # The problem takes the place of the answer; the question goes back into the box.
-            chat[-1] = {"role": "assistant", "content": _warn(err)}
-            yield chat, question, NO_SOURCES, session, gr.skip()
-            return
-        # The text streamed as generated; the final message is the checked one.
-        chat[-1] = {"role": "assistant",
-                    "content": answer_markdown(answer) + sources_footer(answer.citations, collection)}
-        session.answer_ids[len(chat) - 1] = answer.id
-        session.last_answer_id = answer.id
-        session.history += [Message(role="user", content=question),
-                            Message(role="assistant", content=answer.answer)]
-        yield (chat, gr.skip(), sources_html(answer.citations, collection, answer.id), session,
-               f"Answer `{answer.id}` · {answer.model} · rate it or send a correction below.")
-
-    def save(session: Session, answer_id: str | None, rating: str | None,
-             correction: str | None = None) -> tuple[bool, str]:
-        """(saved, status line)."""
-        if not answer_id:
-            gr.Warning("There is no answer to rate yet — ask a question first.")
-            return False, "⚠️ There is no answer to rate yet."
-        # The latest row is an answer's verdict, so a correction repeats this tab's rating.
-        rating = rating or session.ratings.get(answer_id)
-        try:
-            container.feedback.add_feedback(answer_id, rating, correction=correction)
-        except LocalCatError as err:
-            return False, _warn(err)
-        if rating:
-            session.ratings[answer_id] = rating
-        what = "correction" if correction else "rating"
-        return True, f"Saved {what} {RATING_ICON.get(rating, '')} for answer `{answer_id}`."
-
-    def thumbs(chat: list[dict], session: Session):
+    def thumbs(history: list[dict], state: Session):
         """The chat's own thumbs, set to this tab's ratings (one entry per assistant message)."""
-        value = [THUMB.get(session.ratings.get(session.answer_ids.get(i, ""), ""))
-                 for i, m in enumerate(chat) if m["role"] == "assistant"]
+        value = [THUMB.get(state.ratings.get(state.answer_ids.get(i, ""), ""))
+                 for i, m in enumerate(history) if m["role"] == "assistant"]
         return gr.Chatbot(feedback_value=value)
 
     def rate_last(rating: str):
-        def handler(chat: list[dict], session: Session):
-            _, status = save(session, session.last_answer_id, rating)
-            return status, session, thumbs(chat, session)
+        def handler(history: list[dict], state: Session, request: gr.Request):
+            _, status = chat.save(request, state, state.last_answer_id, rating)
+            return status, state, thumbs(history, state)
         return handler
 
-    def rate_message(chat: list[dict], session: Session, data: gr.LikeData):
-        answer_id = session.answer_ids.get(data.index if isinstance(data.index, int) else data.index[0])
+    def rate_message(history: list[dict], state: Session, data: gr.LikeData,
+                     request: gr.Request):
+        index = data.index if isinstance(data.index, int) else data.index[0]
         if data.liked not in (True, False):
             # Un-selecting a thumb: feedback rows are append-only, so the last verdict stands.
-            return gr.skip(), session, thumbs(chat, session)
-        _, status = save(session, answer_id, "up" if data.liked else "down")
-        return status, session, thumbs(chat, session)
+            return gr.skip(), state, thumbs(history, state)
+        _, status = chat.save(request, state, state.answer_ids.get(index),
+                              "up" if data.liked else "down")
+        return status, state, thumbs(history, state)
 
-    def send_correction(text: str, session: Session):
+    def send_correction(text: str, state: Session, request: gr.Request):
         if not (text or "").strip():
             gr.Warning("Write the correct answer first.")
-            return gr.skip(), gr.skip(), session
-        saved, status = save(session, session.last_answer_id, None, correction=text.strip())
-        return status, "" if saved else gr.skip(), session
+            return gr.skip(), gr.skip(), state
+        saved, status = chat.save(request, state, state.last_answer_id, None,
+                                  correction=text.strip())
+        return status, "" if saved else gr.skip(), state
 
     # Gradio injects a tracker into a parameter whose default is gr.Progress().
-    def ingest(files: list[str] | None, collection: str | None,
+    def ingest(files: list[str] | None, collection: str | None, request: gr.Request,
                progress=gr.Progress()):  # noqa: B008
-        from core.chunkstore import check_collection_name
-        from ingest.index import Progress
-
         if not files:
             return gr.skip(), gr.skip(), gr.skip()
         try:
-            name = check_collection_name((collection or default_collection).strip())
-            # A stable copy (same folder as the HTTP API's uploads): Gradio's cache is temporary,
-            # and re-uploading a changed file then updates it instead of adding a second source.
-            folder = settings.uploads_dir / name
-
-            def save() -> list[Path]:
-                folder.mkdir(parents=True, exist_ok=True)
-                paths = []
-                for f in files:
-                    target = folder / Path(f).name
-                    shutil.copyfile(f, target)
-                    paths.append(target)
-                return paths
-
-            total, done = len(files), 0
-
-            def on_file_done(result) -> None:
-                nonlocal done
-                done += 1
-                progress((done, total), desc=f"{Path(result.path).name}: {result.status}",
-                         unit="files")
-
-            def run(paths: list[Path], cancel=None):
-                progress((0, total), desc="Loading the embedding model", unit="files")
-                return container.indexer.ingest(paths, name, prune=False, cancel=cancel,
-                                                progress=Progress(on_file_done=on_file_done))
-
-            # In the server: the API's queue (429-like Busy when full), journal and cancel.
-            report = uploads(name, save, run) if uploads is not None else run(save())
+            report = chat.upload(request, files, collection, progress)
         except LocalCatError as err:
             return _warn(err), gr.skip(), None
         failed = [f for f in report.files if f.status == "failed"]
         if failed:
             gr.Warning("; ".join(f"{Path(f.path).name}: {f.reason}" for f in failed),
                        title=f"{len(failed)} file(s) not ingested")
-        return (report_markdown(report), gr.Dropdown(choices=collection_choices(), value=name),
-                None)
+        return (report_markdown(report),
+                gr.Dropdown(choices=collection_choices(request), value=report.collection), None)
 
-    with gr.Blocks(title="LocalCat", fill_height=True) as page:
-        session = gr.State(Session())
-        gr.Markdown("## 🐱 LocalCat — ask your documents")
-        with gr.Tabs():
-            with gr.Tab("Chat", id="chat-tab", elem_id="chat-tab"):
-                with gr.Row():
-                    collection = gr.Dropdown(label="Collection", value=default_collection,
-                                             allow_custom_value=True, elem_id="collection", scale=3,
-                                             info="Type a new name to upload into a new collection.")
-                    model = gr.Dropdown(label="Model", allow_custom_value=True, elem_id="model", scale=3)
-                    pull_btn = gr.Button("⬇ Pull", elem_id="pull", scale=1, size="sm", visible=False)
-                    refresh_btn = gr.Button("🔄 Refresh", elem_id="refresh", scale=1, size="sm")
-                pull_status = gr.Markdown("", elem_id="pull-status")
-                pull_log = gr.Textbox(label="Pull output", lines=6, max_lines=6, autoscroll=True,
-                                      interactive=False, visible=False, elem_id="pull-log")
-                pull_timer = gr.Timer(1.0, active=False)
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=3):
-                        chat = gr.Chatbot(label="Chat", elem_id="chat", height=460,
-                                          feedback_options=("Like", "Dislike"))
-                        with gr.Row():
-                            question = gr.Textbox(placeholder="Ask a question about your documents…",
-                                                  show_label=False, elem_id="question", scale=5,
-                                                  submit_btn=False, lines=1, max_lines=4)
-                            ask_btn = gr.Button("Ask", variant="primary", elem_id="ask", scale=1)
-                        status = gr.Markdown("", elem_id="feedback-status")
-                        with gr.Row():
-                            up_btn = gr.Button("👍 Good answer", elem_id="thumbs-up", size="sm")
-                            down_btn = gr.Button("👎 Bad answer", elem_id="thumbs-down", size="sm")
-                        correction = gr.Textbox(label="Correct answer (for the last answer)", lines=2,
-                                                elem_id="correction")
-                        correct_btn = gr.Button("Send correction", elem_id="send-correction", size="sm")
-                    with gr.Column(scale=2):
-                        gr.Markdown("### Sources")
-                        sources = gr.HTML("<p class='lc-empty'>Sources of the latest answer appear here.</p>",
-                                          elem_id="sources", css_template=SOURCES_CSS)
-                        upload = gr.File(label="Add documents to the collection", file_count="multiple",
-                                         elem_id="upload")
-                        report = gr.Markdown("", elem_id="ingest-report")
-            # Shown to admins only (on load); its handlers check again.
-            _, admin_load, admin_outputs = build_admin(container, principal=principal,
-                                                       audit=audit)
+    pickers = [ui["collection"], ui["model"]]
+    page.load(refresh, pickers, pickers)
+    ui["refresh_btn"].click(refresh, pickers, pickers)
+    pulls.wire(gr, page, ui)
+    # One event for Enter and the button, one answer at a time: llama.cpp serves one
+    # generation at a time anyway, and a queue shows the user their place instead of hanging.
+    gr.on([ui["question"].submit, ui["ask_btn"].click], ask,
+          inputs=[ui["question"], ui["chat"], session, ui["collection"], ui["model"]],
+          outputs=[ui["chat"], ui["question"], ui["sources"], session, ui["status"]],
+          concurrency_limit=1)
+    # The chat's own "Clear" must also forget the history the next question is condensed with.
+    ui["chat"].clear(Session, None, session)
+    rated = [ui["status"], session, ui["chat"]]
+    ui["up_btn"].click(rate_last("up"), [ui["chat"], session], rated)
+    ui["down_btn"].click(rate_last("down"), [ui["chat"], session], rated)
+    ui["chat"].like(rate_message, [ui["chat"], session], rated)
+    ui["correct_btn"].click(send_correction, [ui["correction"], session],
+                            [ui["status"], ui["correction"], session])
+    ui["upload"].upload(ingest, [ui["upload"], ui["collection"]],
+                        [ui["report"], ui["collection"], ui["upload"]])
 
-        pickers = [collection, model]
-        page.load(refresh, pickers, pickers)
-        page.load(admin_load, None, admin_outputs)
-        page.load(pull_load, None, [pull_btn, pull_timer])
-        refresh_btn.click(refresh, pickers, pickers)
-        # Admins only (each handler checks): hidden from the API docs as the Admin tab's are.
-        pull_btn.click(start_pull, [model], [pull_log, pull_status, pull_timer],
-                       api_visibility="undocumented")
-        pull_timer.tick(follow_pull, [model], [pull_log, pull_status, pull_timer, model],
-                        api_visibility="undocumented")
 
-        # One event for Enter and the button, one answer at a time: llama.cpp serves one
-        # generation at a time anyway, and a queue shows the user their place instead of hanging.
-        gr.on([question.submit, ask_btn.click], ask,
-              inputs=[question, chat, session, collection, model],
-              outputs=[chat, question, sources, session, status], concurrency_limit=1)
-        # The chat's own "Clear" must also forget the history the next question is condensed with.
-        chat.clear(Session, None, session)
+def _ask(gr, chat: ChatHandlers, request, question: str, history: list[dict], state: Session,
+         collection: str | None, model: str | None):
+    """Stream one answer into the chat: (chat, question box, sources, state, status) updates."""
+    from assistant.pipeline import Done, Sources, Token
 
-        rated = [status, session, chat]
-        up_btn.click(rate_last("up"), [chat, session], rated)
-        down_btn.click(rate_last("down"), [chat, session], rated)
-        chat.like(rate_message, [chat, session], rated)
-        correct_btn.click(send_correction, [correction, session], [status, correction, session])
-        upload.upload(ingest, [upload, collection], [report, collection, upload])
-    return page
+    question = (question or "").strip()
+    if not question:
+        gr.Warning("Type a question first.")
+        yield gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return
+    collection = collection or chat.uc.parts.settings.chroma.collection
+    history = [*history, {"role": "user", "content": question},
+               {"role": "assistant", "content": "…"}]
+    yield history, "", SEARCHING, state, gr.skip()
+    text = ""
+    answer_id = new_answer_id()  # known up front, so the cards' ids match the answer's links
+    try:
+        for event in chat.ask(request, question, state.history, collection, model, answer_id):
+            if isinstance(event, Sources):
+                yield (gr.skip(), gr.skip(), sources_html(event.citations, collection, answer_id),
+                       gr.skip(), gr.skip())
+            elif isinstance(event, Token):
+                text += event.text
+                history[-1] = {"role": "assistant", "content": text}
+                yield history, gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            elif isinstance(event, Done):
+                answer = event.answer
+    except Exception as exc:
+        err = chat.translate(exc)
+        if err is None:
+            raise
+        # The problem takes the place of the answer; the question goes back into the box.
+        history[-1] = {"role": "assistant", "content": _warn(err)}
+        yield history, question, NO_SOURCES, state, gr.skip()
+        return
+    # The text streamed as generated; the final message is the checked one.
+    history[-1] = {"role": "assistant",
+                   "content": answer_markdown(answer) + sources_footer(answer.citations, collection)}
+    state.answer_ids[len(history) - 1] = answer.id
+    state.last_answer_id = answer.id
+    state.history += [Message(role="user", content=question),
+                      Message(role="assistant", content=answer.answer)]
+    yield (history, gr.skip(), sources_html(answer.citations, collection, answer.id), state,
+           f"Answer `{answer.id}` · {answer.model} · rate it or send a correction below.")

@@ -101,3 +101,113 @@ def pull_env(settings: Any) -> dict[str, str]:
     if settings.models.pip_args:
         env["LOCALCAT_MODELS__PIP_ARGS"] = json.dumps(settings.models.pip_args)
     return env
+
+
+class PullControls:
+    """The Model dropdown and an admin's pull of a model (one at a time for the whole page,
+    followed by whichever admin has the page open)."""
+
+    def __init__(self, uc: Any, callers: Any):
+        self.uc = uc
+        self.container = uc.parts.container
+        self.callers = callers
+        self.job: Any = None
+        self.name: str | None = None
+        # The model the settings name, as the list spells it. Asking with it passes no override,
+        # so the page shares the container's default model (one llama.cpp load) with the API.
+        self.configured: str | None = None
+
+    def override(self, model: str | None) -> str | None:
+        return model if model and model != self.configured else None
+
+    def dropdown(self, model: str | None):
+        import gradio as gr
+
+        from ui.app import _warn
+
+        chosen = picker(self.container)
+        if chosen.error is not None:
+            # The page stays usable with the configured model; say why the list is short.
+            _warn(chosen.error)
+        self.configured = chosen.configured
+        if model not in chosen.values:
+            model = chosen.configured
+        return gr.Dropdown(choices=chosen.choices, value=model, info=chosen.info)
+
+    def admin(self, request: Any, what: str) -> Any:
+        import gradio as gr
+
+        try:
+            who = self.callers(request)
+            who.require_admin(what)
+        except LocalCatError as err:
+            raise gr.Error(str(err), title=type(err).__name__) from err
+        return who
+
+    def start(self, model: str | None, request: Any):
+        import gradio as gr
+
+        from core.catalog import CATALOG
+        from core.llm import serves_embedded
+        from ui.admin import CommandJob
+
+        who = self.admin(request, "pull models")
+        name = (model or "").strip()
+        if self.job is not None and self.job.running:
+            gr.Warning(f"{self.job.title} is still running.")
+            return gr.skip(), gr.skip(), gr.skip()
+        embedded = serves_embedded(self.container.served_llm, self.container.ollama_hosts)
+        if not name or (embedded and name not in CATALOG):
+            gr.Warning(f"Pick a model to pull first: one of {', '.join(CATALOG)}" if embedded
+                       else "Type the name of an Ollama model first (e.g. llama3.2).")
+            return gr.skip(), gr.skip(), gr.skip()
+        self.job = CommandJob(pull_argv(name, ollama=not embedded),
+                              pull_env(self.container.settings), f"Pull of `{name}`")
+        self.name = name
+        self.uc.parts.audit(who, "models.pull", name)
+        return (gr.Textbox(value=self.job.command_line, visible=True), self.job.status(),
+                gr.Timer(active=True))
+
+    def follow(self, model: str | None, request: Any):
+        import gradio as gr
+
+        self.admin(request, "follow model pulls")
+        job = self.job
+        if job is None:
+            return gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip()
+        output = gr.Textbox(value=job.command_line + job.output(), visible=True)
+        if job.running:
+            return output, job.status(), gr.skip(), gr.skip()
+        # Done: list it as installed (and pick it) once it is.
+        return (output, job.status(), gr.Timer(active=False),
+                self.dropdown(self.name if job.returncode == 0 else model))
+
+    def on_load(self, request: Any):
+        """The Pull button for admins; a pull that is going on is followed."""
+        import gradio as gr
+
+        try:
+            admin = self.callers(request).role == "admin"
+        except LocalCatError:
+            admin = False
+        if not admin:
+            return gr.Button(visible=False), gr.skip()
+        return gr.Button(visible=True), gr.Timer(active=self.job is not None and self.job.running)
+
+    def wire(self, gr: Any, page: Any, ui: dict) -> None:
+        def start(model: str | None, request: gr.Request):
+            return self.start(model, request)
+
+        def follow(model: str | None, request: gr.Request):
+            return self.follow(model, request)
+
+        def on_load(request: gr.Request):
+            return self.on_load(request)
+
+        page.load(on_load, None, [ui["pull_btn"], ui["pull_timer"]])
+        # Admins only (each handler checks): hidden from the API docs as the Admin tab's are.
+        ui["pull_btn"].click(start, [ui["model"]], [ui["pull_log"], ui["pull_status"],
+                                                    ui["pull_timer"]], api_visibility="undocumented")
+        ui["pull_timer"].tick(follow, [ui["model"]],
+                              [ui["pull_log"], ui["pull_status"], ui["pull_timer"], ui["model"]],
+                              api_visibility="undocumented")
