@@ -7,6 +7,7 @@ from collections.abc import Callable
 import click
 
 from core.errors import LocalCatError
+from core.redact import redact
 
 
 class ErrorGroup(click.Group):
@@ -16,7 +17,8 @@ class ErrorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except LocalCatError as exc:
-            click.secho(f"Error: {exc}", fg="red", err=True)
+            # Messages are redacted where they are made; this catches one that names a URL anyway.
+            click.secho(f"Error: {redact(str(exc))}", fg="red", err=True)
             ctx.exit(1)
 
 

@@ -210,7 +210,9 @@ def chat(collection: str | None, model: str | None) -> None:
                     history += [Message(role="user", content=question),
                                 Message(role="assistant", content=event.answer.answer)]
         except LocalCatError as exc:  # keep the session alive: the runtime may come back
-            click.secho(f"\nError: {exc}", fg="red", err=True)
+            from core.redact import redact
+
+            click.secho(f"\nError: {redact(str(exc))}", fg="red", err=True)
 
 
 @main.command()
@@ -261,14 +263,7 @@ def config(as_json: bool) -> None:
     """Show the effective settings (defaults + localcat.toml + LOCALCAT_* variables)."""
     from core.settings import Settings
 
-    data = Settings().model_dump(mode="json")
-    # Secrets are not echoed: keys by count, the database URL without its password.
-    for field in ("api_keys", "user_keys"):
-        data["server"][field] = [f"<{len(data['server'][field])} set>"] if data["server"][field] else []
-    if data["database"]["url"]:
-        from core.db import redact
-
-        data["database"]["url"] = redact(data["database"]["url"])
+    data = _shown_settings(Settings().model_dump(mode="json"))
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
@@ -279,6 +274,19 @@ def config(as_json: bool) -> None:
             else:
                 click.echo(f"{prefix}{k} = {v!r}")
     walk(data)
+
+
+def _shown_settings(value: object) -> object:
+    """Settings as `localcat config` prints them: keys as one ``***`` each (their count shows),
+    and every URL (database, Chroma, Ollama hosts, pip mirrors) without user-info or tokens."""
+    from core.redact import redact
+
+    if isinstance(value, dict):
+        return {k: ["***"] * len(v) if k in ("api_keys", "user_keys") and isinstance(v, list)
+                else _shown_settings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown_settings(v) for v in value]
+    return redact(value) if isinstance(value, str) else value
 
 
 def _finetune() -> click.Command:
