@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from core.errors import ConfigError, StoreUnavailable
+from core.redact import redact_url
 from core.schemas import Chunk
 from core.settings import ChromaSettings
 
@@ -31,7 +32,8 @@ def chroma_client(settings: ChromaSettings, persist_dir: Path):
         return chromadb.PersistentClient(path=str(persist_dir), settings=client_settings)
     url = urlparse(settings.url if "://" in settings.url else "http://" + settings.url)
     if not url.hostname:
-        raise ConfigError(f"Bad Chroma URL {settings.url!r}", "use e.g. http://127.0.0.1:8000")
+        raise ConfigError(f"Bad Chroma URL {redact_url(settings.url)!r}",
+                          "use e.g. http://127.0.0.1:8000")
     try:
         client = chromadb.HttpClient(
             host=url.hostname,
@@ -42,7 +44,7 @@ def chroma_client(settings: ChromaSettings, persist_dir: Path):
         client.heartbeat()
     except Exception as exc:  # chromadb raises bare ValueError/httpx errors on connect
         raise StoreUnavailable(
-            f"Cannot reach the Chroma server at {settings.url} ({type(exc).__name__})",
+            f"Cannot reach the Chroma server at {redact_url(settings.url)} ({type(exc).__name__})",
             "start it with `chroma run --path DIR --port PORT`, or unset LOCALCAT_CHROMA__URL to "
             "use the embedded store",
         ) from exc

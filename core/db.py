@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.errors import StoreUnavailable
+from core.redact import redact, redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection, Engine
@@ -45,16 +46,6 @@ def _normalise(url: str) -> str:
     return url
 
 
-def redact(url: str) -> str:
-    """The URL with its password hidden (for messages and `localcat config`)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - only for an error message
-        return "the database URL"
-
-
 class Database:
     """One database: its engine (per process, built lazily) and which store schemas are migrated.
 
@@ -64,7 +55,7 @@ class Database:
 
     def __init__(self, url: str, *, label: str | None = None):
         self.url = _normalise(url)
-        self.label = label or redact(self.url)
+        self.label = label or redact_url(self.url)
         self._lock = threading.Lock()
         self._migrate_lock = threading.Lock()
         self._engine: Engine | None = None
@@ -130,14 +121,16 @@ class Database:
             raise self._unavailable(e) from e
 
     def _unavailable(self, e: BaseException, kind: str = "database") -> StoreUnavailable:
+        # A driver's error may quote the URL or its connection string (libpq: 'missing "=" after
+        # "…" in connection info string').
         if self.is_sqlite:
             return StoreUnavailable(
-                f"Cannot open the {kind} {self.label}: {e}",
+                redact(f"Cannot open the {kind} {self.label}: {e}"),
                 f"check that the folder is writable and the file is a LocalCat {kind}, "
                 "or set LOCALCAT_DATA_DIR",
             )
         return StoreUnavailable(
-            f"Cannot use the {kind} at {self.label}: {str(e).splitlines()[0]}",
+            redact(f"Cannot use the {kind} at {self.label}: {str(e).splitlines()[0]}"),
             "check that PostgreSQL runs and LOCALCAT_DATABASE__URL names it "
             "(postgresql://user:password@host:5432/db; psycopg installed: pip install 'psycopg[binary]')",
         )

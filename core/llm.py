@@ -31,6 +31,7 @@ from core.errors import (
     RuntimeUnavailable,
 )
 from core.ollama_hosts import OllamaHosts, OllamaRouter
+from core.redact import redact, redact_url
 from core.settings import LLMSettings
 
 LLAMA_CPP_INSTALL = "./scripts/setup"
@@ -360,7 +361,7 @@ def ollama_models(host: str, timeout: float = 5.0) -> list[str]:
         return [m.model for m in ollama_client(host, timeout).list().models if m.model]
     except (ConnectionError, ResponseError, httpx.HTTPError) as err:
         raise RuntimeUnavailable(
-            f"Cannot reach Ollama at {host} ({err})", _OLLAMA_DOWN_FIX
+            redact(f"Cannot reach Ollama at {host} ({err})"), _OLLAMA_DOWN_FIX
         ) from err
 
 
@@ -369,24 +370,26 @@ def ollama_pull(host: str, name: str, timeout: float | None = None) -> Iterator[
     (``status``, and ``digest``, ``total``, ``completed`` while a layer downloads)."""
     from ollama import ResponseError
 
+    at = redact_url(host)  # for messages; the client gets the real URL
+
     try:
         for event in ollama_client(host, timeout).pull(name, stream=True):
             yield event.model_dump(exclude_none=True)
     # A streamed request gets httpx's own ConnectError, a plain one the builtin ConnectionError.
     except (ConnectionError, httpx.ConnectError, httpx.ConnectTimeout) as err:
         raise RuntimeUnavailable(
-            f"Cannot reach Ollama at {host}",
+            f"Cannot reach Ollama at {at}",
             "start it with `ollama serve`, or set OLLAMA_HOST to where it runs",
         ) from err
     except ResponseError as err:
         raise ModelNotFound(
-            f"Ollama at {host} could not pull {name!r}: {err.error}",
+            redact(f"Ollama at {at} could not pull {name!r}: {err.error}"),
             "check the name at https://ollama.com/library (e.g. `llama3.2`, `qwen2.5:0.5b`) and "
             "that the Ollama server can reach the internet",
         ) from err
     except httpx.HTTPError as err:
         raise RuntimeUnavailable(
-            f"Ollama at {host} stopped answering during the pull ({err})",
+            redact(f"Ollama at {at} stopped answering during the pull ({err})"),
             "see the Ollama server's log (`ollama serve`), then pull again: it resumes",
         ) from err
 
@@ -402,11 +405,12 @@ def _require_ollama_model(llm: LLMSettings, hosts: OllamaHosts | None = None) ->
         return _require_on_hosts(llm, hosts or OllamaHosts())
     host = urls[0]
     if ollama_status(host, timeout=min(llm.timeout_s, 5.0)) is None:
-        raise RuntimeUnavailable(f"Cannot reach Ollama at {host}", _OLLAMA_DOWN_FIX)
+        raise RuntimeUnavailable(f"Cannot reach Ollama at {redact_url(host)}", _OLLAMA_DOWN_FIX)
     available = ollama_models(host)
     if not _has_model(name, available):
         raise ModelNotFound(
-            f"Ollama at {host} has no model {name!r} (it has: {', '.join(available) or 'none'})",
+            f"Ollama at {redact_url(host)} has no model {name!r} "
+            f"(it has: {', '.join(available) or 'none'})",
             f"run `ollama pull {name}`, set LOCALCAT_LLM__OLLAMA_MODEL, "
             "or set LOCALCAT_LLM__RUNTIME=embedded",
         )
@@ -417,15 +421,20 @@ def _require_on_hosts(llm: LLMSettings, hosts: OllamaHosts) -> None:
     urls, name = llm.ollama_urls, llm.ollama_model
     up = hosts.answering(urls, force=True)
     if not up:
-        raise RuntimeUnavailable(f"Cannot reach Ollama at any of {', '.join(urls)}",
+        raise RuntimeUnavailable(f"Cannot reach Ollama at any of {_shown(urls)}",
                                  _OLLAMA_DOWN_FIX)
     lacking = [u for u in up if not _has_model(name, ollama_models(u))]
     if lacking:
         raise ModelNotFound(
-            f"Ollama at {', '.join(lacking)} has no model {name!r}",
+            f"Ollama at {_shown(lacking)} has no model {name!r}",
             f"run `localcat models pull ollama:{name}` (it pulls on every host), "
             "set LOCALCAT_LLM__OLLAMA_MODEL, or set LOCALCAT_LLM__RUNTIME=embedded",
         )
+
+
+def _shown(urls: list[str]) -> str:
+    """Hosts as messages, logs and /health name them: without their passwords."""
+    return ", ".join(map(redact_url, urls))
 
 
 def _chat_ollama(llm: LLMSettings, host: str) -> BaseChatModel:
@@ -448,7 +457,7 @@ def _ollama_chat_model(
     llm: LLMSettings, hosts: OllamaHosts | None = None
 ) -> tuple[BaseChatModel, str]:
     urls = llm.ollama_urls
-    description = f"ollama {llm.ollama_model} at {', '.join(urls)}"
+    description = f"ollama {llm.ollama_model} at {_shown(urls)}"
     if len(urls) == 1:  # nothing to route: the plain ChatOllama, as before hosts were a list
         return _chat_ollama(llm, urls[0]), description
     router = OllamaRouter(
@@ -584,17 +593,19 @@ def translate_runtime_error(
     """
     if isinstance(exc, LocalCatError):
         return exc
-    host, name = host or llm.ollama_urls[0], llm.ollama_model
+    # Only named in messages (which leave the process), so only the redacted form.
+    host, name = redact_url(host or llm.ollama_urls[0]), llm.ollama_model
     from ollama import ResponseError
 
     if isinstance(exc, ResponseError):
         if exc.status_code == 404:
             return ModelNotFound(
-                f"Ollama at {host} has no model {name!r} ({exc.error})",
+                redact(f"Ollama at {host} has no model {name!r} ({exc.error})"),
                 f"run `ollama pull {name}` or set LOCALCAT_LLM__OLLAMA_MODEL",
             )
         return RuntimeUnavailable(
-            f"Ollama at {host} failed: {exc.error}", "see the Ollama server's log (`ollama serve`)"
+            redact(f"Ollama at {host} failed: {exc.error}"),
+            "see the Ollama server's log (`ollama serve`)",
         )
     # The ollama client turns httpx.ConnectError into the builtin ConnectionError for plain
     # requests, but not for streamed ones, so both arrive here.
@@ -607,7 +618,7 @@ def translate_runtime_error(
         )
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
         return RuntimeUnavailable(
-            f"Ollama at {host} closed the connection mid-answer ({exc})",
+            redact(f"Ollama at {host} closed the connection mid-answer ({exc})"),
             "see the Ollama server's log (`ollama serve`); it may have crashed or run out of memory",
         )
     return None

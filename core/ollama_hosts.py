@@ -27,6 +27,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
 from core.errors import LocalCatError, RuntimeUnavailable
+from core.redact import redact, redact_url
 
 log = logging.getLogger("localcat.ollama")
 
@@ -54,16 +55,17 @@ def is_host_failure(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A short reason for /health and the all-hosts-failed message."""
+    """A short reason for /health and the all-hosts-failed message (no URL's password in it)."""
     from ollama import ResponseError
 
     if isinstance(exc, ResponseError):
-        return f"HTTP {exc.status_code}: {exc.error}" if exc.status_code > 0 else exc.error
+        return redact(f"HTTP {exc.status_code}: {exc.error}" if exc.status_code > 0 else exc.error)
     if isinstance(exc, (ConnectionError, httpx.ConnectError)):
         return "cannot connect"
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
-    return f"{type(exc).__name__}: {exc}"[:200]
+    # Redacted before cutting: a cut could leave half a URL the pattern no longer finds.
+    return redact(f"{type(exc).__name__}: {exc}")[:200]
 
 
 @dataclass
@@ -178,7 +180,7 @@ class OllamaHosts:
 
     def failed(self, url: str, exc: BaseException | str) -> None:
         with self._lock:
-            self._down(self._state(url), exc if isinstance(exc, str) else describe(exc),
+            self._down(self._state(url), redact(exc) if isinstance(exc, str) else describe(exc),
                        self._clock())
 
     def _down(self, state: HostState, reason: str, now: float) -> None:
@@ -190,12 +192,12 @@ class OllamaHosts:
             return self._state(url).down_until <= self._clock()
 
     def snapshot(self, urls: list[str], *, counted: bool = True) -> list[dict[str, Any]]:
-        """Each host as /health shows it. ``counted=False``: nothing routes (one host), so
-        in-flight requests are not counted."""
+        """Each host as /health shows it, its URL redacted. ``counted=False``: nothing routes (one
+        host), so in-flight requests are not counted."""
         with self._lock:
             now = self._clock()
             return [
-                {"url": s.url, "healthy": s.down_until <= now,
+                {"url": redact_url(s.url), "healthy": s.down_until <= now,
                  "in_flight": s.in_flight if counted else None, "last_error": s.last_error}
                 for s in map(self._state, urls)
             ]
@@ -228,7 +230,8 @@ class OllamaRouter(BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model": self.model, "hosts": list(self.clients)}
+        # Callbacks and tracers receive these: no host's password.
+        return {"model": self.model, "hosts": [redact_url(u) for u in self.clients]}
 
     def _generate(
         self,
@@ -263,8 +266,8 @@ class OllamaRouter(BaseChatModel):
                             self._raise(exc, url)
                         self.hosts.failed(url, exc)
                         errors[url] = exc
-                        log.warning("Ollama at %s failed (%s); trying another host", url,
-                                    describe(exc))
+                        log.warning("Ollama at %s failed (%s); trying another host",
+                                    redact_url(url), describe(exc))
                         continue
                     self.hosts.succeeded(url)
                     yield first
@@ -286,8 +289,10 @@ class OllamaRouter(BaseChatModel):
         raise err from exc
 
     def _all_failed(self, urls: list[str], errors: dict[str, BaseException]) -> RuntimeUnavailable:
-        known = {h["url"]: h["last_error"] for h in self.hosts.snapshot(urls)}
+        # By position: the snapshot's URLs are redacted, so two hosts may show the same one.
+        known = dict(zip(urls, (h["last_error"] for h in self.hosts.snapshot(urls)), strict=True))
         why = "; ".join(
-            f"{u}: {describe(errors[u]) if u in errors else known[u] or 'unhealthy'}" for u in urls
+            f"{redact_url(u)}: {describe(errors[u]) if u in errors else known[u] or 'unhealthy'}"
+            for u in urls
         )
         return RuntimeUnavailable(f"No Ollama host could answer ({why})", ALL_DOWN_FIX)
