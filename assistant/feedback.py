@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, TextIO
+from typing import Any, Literal, NoReturn, TextIO
 
 import sqlalchemy as sa
 from pydantic import BaseModel, Field, computed_field
@@ -58,6 +58,7 @@ answers_t = sa.Table(
     sa.Column("prompt_version", sa.Text, nullable=False),
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("extra", sa.Text, nullable=False, server_default="{}"),
+    sa.Column("user", sa.Text),
 )
 feedback_t = sa.Table(
     "feedback", metadata,
@@ -83,12 +84,19 @@ reviewed_t = sa.Table(
     sa.Column("created_at", sa.Text, nullable=False),
     sa.Column("revoked_at", sa.Text),
     sa.Column("revoked_by", sa.Text),
+    sa.Column("approved_at", sa.Text),
+    sa.Column("approved_by", sa.Text),
     sa.Index("reviewed_by_collection", "collection", "revoked_at"),
 )
 
+ReviewedStatus = Literal["approved", "pending", "revoked"]
+
 
 class Reviewed(BaseModel):
-    """A correction kept as the answer to its question, for whoever asks it next."""
+    """A correction kept as the answer to its question, for whoever asks it next.
+
+    An admin's correction is approved at once; a user's is pending (served only to its author)
+    until an admin approves it. Revoked covers revoked, rejected and superseded."""
 
     id: int
     collection: str
@@ -99,6 +107,15 @@ class Reviewed(BaseModel):
     created_at: datetime
     revoked_at: str | None = None
     revoked_by: str | None = None
+    approved_at: str | None = None
+    approved_by: str | None = None
+
+    @computed_field
+    @property
+    def status(self) -> ReviewedStatus:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "pending" if self.approved_at is None else "approved"
 
 
 class Served(BaseModel):
@@ -194,6 +211,7 @@ def _json_number_postgresql(element: _JsonNumber, compiler: Any, **kw: Any) -> s
 
 _ANSWER_COLUMNS = (
     "id",
+    "user",
     "question",
     "standalone_question",
     "history",
@@ -245,6 +263,41 @@ def _text(name: str, value: str | None, limit: int) -> str | None:
     return value
 
 
+def _reviewed(row: Any) -> Reviewed:
+    return Reviewed.model_validate(dict(row._mapping))
+
+
+def _is_pending():
+    return sa.and_(reviewed_t.c.approved_at.is_(None), reviewed_t.c.revoked_at.is_(None))
+
+
+def _supersede(db: sa.Connection, reviewed_id: int, at: str) -> None:
+    """The approved reviewed answer ``reviewed_id`` becomes the one served for its question and
+    collection: the others served so far stop. Pending ones stay for an admin to decide."""
+    r = reviewed_t
+    row = db.execute(sa.select(r.c.collection, r.c.normalized).where(r.c.id == reviewed_id)).one()
+    db.execute(sa.update(r).where(r.c.collection == row.collection,
+                                  r.c.normalized == row.normalized, r.c.id != reviewed_id,
+                                  r.c.approved_at.is_not(None), r.c.revoked_at.is_(None))
+               .values(revoked_at=at, revoked_by=f"superseded by #{reviewed_id}"))
+
+
+def _refuse(reviewed_id: int, row: Any, act: Literal["approve", "reject"]) -> NoReturn:
+    """Why a reviewed answer cannot be approved or rejected: only pending ones can."""
+    if row is None:
+        raise BadRequest(f"No reviewed answer #{reviewed_id}",
+                         "see `localcat reviewed pending` for the ones awaiting approval")
+    if row.revoked_at is not None:
+        raise BadRequest(f"Cannot {act} reviewed answer #{reviewed_id}: it was revoked "
+                         f"({row.revoked_by}, {row.revoked_at})",
+                         "nothing to do; to serve its text, correct the answer again as an admin"
+                         if act == "approve" else "nothing to do")
+    raise BadRequest(f"Cannot {act} reviewed answer #{reviewed_id}: it is already approved "
+                     f"({row.approved_by}, {row.approved_at})",
+                     "nothing to do" if act == "approve" else
+                     f"to stop serving it, revoke it: `localcat reviewed revoke {reviewed_id}`")
+
+
 class FeedbackStore(Store):
     """Answers and their feedback; safe across threads, processes and servers."""
 
@@ -265,8 +318,14 @@ class FeedbackStore(Store):
         correction: str | None = None,
         comment: str | None = None,
         user: str | None = None,
+        *,
+        trusted: bool = False,
     ) -> Feedback:
-        """Add a verdict on a recorded answer: a rating, a correction, or both, plus a comment."""
+        """Add a verdict on a recorded answer: a rating, a correction, or both, plus a comment.
+
+        A correction becomes a reviewed answer: ``trusted`` (an admin's) serves everyone at once;
+        otherwise it waits, pending, for ``approve_reviewed`` and meanwhile serves only ``user``.
+        """
         if rating not in ("up", "down", None):
             raise BadRequest(
                 f"rating must be 'up' or 'down', not {rating!r}",
@@ -294,7 +353,8 @@ class FeedbackStore(Store):
                     user=user, created_at=created_at.isoformat()).returning(feedback_t.c.id)
             ).scalar_one()
             if correction is not None:
-                self._review(db, answer_id, correction, new_id, user, created_at.isoformat())
+                self._review(db, answer_id, correction, new_id, user, created_at.isoformat(),
+                             trusted)
         return Feedback(
             id=new_id,
             answer_id=answer_id,
@@ -307,39 +367,72 @@ class FeedbackStore(Store):
 
     @staticmethod
     def _review(db: sa.Connection, answer_id: str, correction: str, feedback_id: int,
-                user: str | None, at: str) -> None:
-        """Keep the correction as the reviewed answer to the answer's (standalone) question; an
-        earlier one for the same question and collection gives way to it."""
+                user: str | None, at: str, trusted: bool) -> None:
+        """Keep the correction as the reviewed answer to the answer's (standalone) question;
+        trusted, it is approved and an earlier one for the same question and collection gives way
+        to it; untrusted, it waits for approval and displaces nothing."""
         a, r = answers_t, reviewed_t
         row = db.execute(sa.select(a.c.collection, a.c.standalone_question)
                          .where(a.c.id == answer_id)).one()
-        normalized = normalize_question(row.standalone_question)
+        approved = {"approved_at": at, "approved_by": user or "an admin"} if trusted else {}
         new = db.execute(sa.insert(r).values(
-            collection=row.collection, question=row.standalone_question, normalized=normalized,
-            answer=correction, answer_id=answer_id, feedback_id=feedback_id, user=user,
-            created_at=at).returning(r.c.id)).scalar_one()
-        db.execute(sa.update(r).where(r.c.collection == row.collection,
-                                      r.c.normalized == normalized, r.c.id != new,
-                                      r.c.revoked_at.is_(None))
-                   .values(revoked_at=at, revoked_by=f"superseded by #{new}"))
+            collection=row.collection, question=row.standalone_question,
+            normalized=normalize_question(row.standalone_question), answer=correction,
+            answer_id=answer_id, feedback_id=feedback_id, user=user, created_at=at, **approved)
+            .returning(r.c.id)).scalar_one()
+        if trusted:
+            _supersede(db, new, at)
 
-    def reviewed(self, collection: str | None = None, *, revoked: bool = False) -> list[Reviewed]:
-        """Reviewed answers, newest first; ``revoked`` includes the revoked and superseded."""
+    def reviewed(self, collection: str | None = None, *, revoked: bool = False,
+                 pending: bool = False) -> list[Reviewed]:
+        """Reviewed answers, newest first: the approved ones being served, or with ``pending``
+        those awaiting approval. ``revoked`` adds the ones stopped on that side: revoked and
+        superseded after approval, or rejected while pending."""
         r = reviewed_t
         query = sa.select(r).order_by(r.c.id.desc())
         if collection is not None:
             query = query.where(r.c.collection == collection)
+        query = query.where(r.c.approved_at.is_(None) if pending else r.c.approved_at.is_not(None))
         if not revoked:
             query = query.where(r.c.revoked_at.is_(None))
-        return [Reviewed.model_validate(dict(row._mapping)) for row in self.all(query)]
+        return [_reviewed(row) for row in self.all(query)]
 
-    def reviewed_version(self, collection: str) -> tuple[int, int]:
-        """Changes whenever the collection's active reviewed answers do (a cache key)."""
+    def reviewed_version(self, collection: str) -> tuple[int, int, int]:
+        """Changes whenever the collection's served or pending reviewed answers do (a cache key):
+        rows are only added, and approvals and revocations only ever counted up."""
         r = reviewed_t
         row = self.one(sa.select(sa.func.coalesce(sa.func.max(r.c.id), 0),
-                                 sa.func.count(r.c.revoked_at))
+                                 sa.func.count(r.c.revoked_at), sa.func.count(r.c.approved_at))
                        .where(r.c.collection == collection))
         return tuple(row)
+
+    def approve_reviewed(self, reviewed_id: int, by: str | None = None) -> Reviewed:
+        """Serve a pending reviewed answer to everyone (an admin's call); it supersedes the one
+        served so far for the same question."""
+        r = reviewed_t
+        at = datetime.now(UTC).isoformat()
+        with self.transaction() as db:
+            done = db.execute(sa.update(r).where(r.c.id == reviewed_id, _is_pending())
+                              .values(approved_at=at, approved_by=by or "an admin")).rowcount
+            if done:
+                _supersede(db, reviewed_id, at)
+            row = db.execute(sa.select(r).where(r.c.id == reviewed_id)).first()
+        if not done:
+            _refuse(reviewed_id, row, "approve")
+        return _reviewed(row)
+
+    def reject_reviewed(self, reviewed_id: int, by: str | None = None) -> Reviewed:
+        """Never serve a pending reviewed answer to anyone, its author included (an admin's call);
+        it stays listed with ``pending`` and ``revoked``."""
+        r = reviewed_t
+        with self.transaction() as db:
+            done = db.execute(sa.update(r).where(r.c.id == reviewed_id, _is_pending())
+                              .values(revoked_at=datetime.now(UTC).isoformat(),
+                                      revoked_by=f"rejected by {by or 'an admin'}")).rowcount
+            row = db.execute(sa.select(r).where(r.c.id == reviewed_id)).first()
+        if not done:
+            _refuse(reviewed_id, row, "reject")
+        return _reviewed(row)
 
     def revoke_reviewed(self, reviewed_id: int, by: str | None = None) -> Reviewed:
         """Stop serving a reviewed answer (an admin's call); it stays listed as revoked."""
@@ -355,7 +448,7 @@ class FeedbackStore(Store):
         if not done:
             raise BadRequest(f"Reviewed answer #{reviewed_id} was already revoked "
                              f"({row.revoked_by}, {row.revoked_at})", "nothing to do")
-        return Reviewed.model_validate(dict(row._mapping))
+        return _reviewed(row)
 
     # --- reads ------------------------------------------------------------------------------------
 

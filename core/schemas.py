@@ -129,6 +129,9 @@ class Answer(BaseModel):
     latency_s: float | None = Field(
         None, description="Seconds from the question to the finished answer (None on answers "
         "stored before it was measured).")
+    user: str | None = Field(
+        None, description="Who asked (the key's name); None on a server without keys and on "
+        "answers stored before it was kept.")
 
 
 class FileResult(BaseModel):

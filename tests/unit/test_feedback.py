@@ -115,6 +115,19 @@ def test_answer_round_trip(store: FeedbackStore) -> None:
     assert store.get_answer("ans_unknown") is None
 
 
+def test_an_answer_keeps_who_asked(store: FeedbackStore, db_path: Path) -> None:
+    asked, anonymous = make_answer("mine?", user="ann"), make_answer("anyone's?")
+    store.record_answer(asked)
+    store.record_answer(anonymous)
+    assert store.get_answer(asked.id).user == "ann" and store.get_answer(anonymous.id).user is None
+    store.add_feedback(asked.id, "up", user="ann")
+    [row] = store.iter_feedback()
+    assert row["answer"]["user"] == row["user"] == "ann"
+    with closing(raw(db_path)) as db:  # a column (the server checks it), not in the extra JSON
+        assert db.execute('SELECT "user", extra FROM answers WHERE id = ?', (asked.id,)).fetchone()[0] == "ann"
+        assert "user" not in json.loads(db.execute("SELECT extra FROM answers").fetchone()[0])
+
+
 def test_recording_an_answer_twice_keeps_the_first(store: FeedbackStore) -> None:
     first = make_answer()
     store.record_answer(first)
