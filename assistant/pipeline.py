@@ -105,8 +105,10 @@ class RagPipeline:
                  on_answer: Callable[[Answer], None] | None = None,
                  attributor: CitationAttributor | None = None,
                  reviewed: Callable[[str], Document | None] | None = None,
-                 prompt_version: str = PROMPT_VERSION, stop_loops: bool = True):
+                 prompt_version: str = PROMPT_VERSION, stop_loops: bool = True,
+                 user: str | None = None):
         self.llm = llm
+        self.user = user  # who asks: kept with each answer (only they may rate it)
         self.stop_loops = stop_loops
         self.prompt_version = prompt_version
         self.reviewed = reviewed
@@ -191,7 +193,7 @@ class RagPipeline:
             id=answer_id or new_answer_id(), question=question, standalone_question=standalone, history=history,
             collection=self.retriever.collection, answer=text, raw_answer=raw, sentences=sentences,
             citations=citations, grounded=bool(docs), model=self.model_tag, prompt_version=self.prompt_version,
-            latency_s=round(time.perf_counter() - started, 3),
+            latency_s=round(time.perf_counter() - started, 3), user=self.user,
         )
         if self.on_answer is not None:  # recorded before anyone can rate it
             self.on_answer(answer)

@@ -4,13 +4,17 @@ correction among its sources, first, at once (a fine-tune takes minutes to hours
 "Means the same": the same words once normalised, or a question embedding whose cosine to the
 corrected question reaches ``retrieval.reviewed_min_similarity`` (measured in BENCHMARKS.md on
 hand-written paraphrases and on unrelated questions).
+
+Served to everyone: approved corrections only. A user's own correction, pending an admin's
+approval, is served to that user alone: a correction is text put in front of the model, so one
+user must not be able to put it before another.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from langchain_core.documents import Document
@@ -30,24 +34,37 @@ class Match:
     def document(self) -> Document:
         """The reviewed answer as a source: first in the prompt, cited like any other."""
         r = self.reviewed
+        source = (f"corrected by a user on {r.created_at:%Y-%m-%d}" if r.status == "approved"
+                  else f"your correction of {r.created_at:%Y-%m-%d}, awaiting an admin's approval")
         return Document(page_content=r.answer, id=f"{REVIEWED_PREFIX}{r.id}", metadata={
-            "chunk_id": f"{REVIEWED_PREFIX}{r.id}", "reviewed": True,
-            "source": f"corrected by a user on {r.created_at:%Y-%m-%d}",
+            "chunk_id": f"{REVIEWED_PREFIX}{r.id}", "reviewed": True, "source": source,
             "score": 1.0, "similarity": self.similarity, "question": r.question})
 
 
 @dataclass
 class _Index:
-    version: tuple[int, int]
+    version: tuple[int, ...]
     checked: float
-    items: list[Reviewed]
-    normalized: dict[str, int]
+    items: list[Reviewed]  # approved and pending, newest first
+    normalized: dict[str, list[int]]  # newest first
     vectors: np.ndarray | None  # unit rows, one per item; None until a question needs them
+    approved: np.ndarray = field(init=False)  # bool per item
+    authors: np.ndarray = field(init=False)  # a pending item's user, else None
+
+    def __post_init__(self) -> None:
+        self.approved = np.array([r.status == "approved" for r in self.items], dtype=bool)
+        self.authors = np.array([r.user if r.status == "pending" else None for r in self.items],
+                                dtype=object)
+
+    def servable(self, user: str | None) -> np.ndarray:
+        """Which items ``user`` may be served: the approved, and their own pending ones."""
+        return self.approved if user is None else self.approved | (self.authors == user)
 
 
 class ReviewedMatcher:
-    """Per collection and embedder: the active reviewed answers and their questions' vectors,
-    re-read when the store's reviewed answers change (asked at most every ``refresh_s``)."""
+    """Per collection and embedder: the approved and pending reviewed answers and their
+    questions' vectors, re-read when the store's reviewed answers change (asked at most every
+    ``refresh_s``); who may be served which is decided per question."""
 
     def __init__(self, store: FeedbackStore, min_similarity: float, refresh_s: float = 1.0):
         self.store = store
@@ -56,11 +73,15 @@ class ReviewedMatcher:
         self._indexes: dict[tuple[str, int], _Index] = {}
         self._lock = threading.Lock()
 
-    def match(self, collection: str, question: str, embeddings: Embeddings) -> Match | None:
+    def match(self, collection: str, question: str, embeddings: Embeddings,
+              user: str | None = None) -> Match | None:
+        """The reviewed answer to serve ``user`` (None: anonymous) for ``question``, if any."""
         index = self._index(collection, embeddings)
-        if not index.items:
+        servable = index.servable(user)
+        if not servable.any():
             return None
-        exact = index.normalized.get(normalize_question(question))
+        exact = next((i for i in index.normalized.get(normalize_question(question), ())
+                      if servable[i]), None)
         if exact is not None:
             return Match(index.items[exact], 1.0)
         if index.vectors is None:
@@ -69,7 +90,8 @@ class ReviewedMatcher:
                     # Question to question: both as queries (e5 and the like prefix them).
                     index.vectors = _unit([embeddings.embed_query(r.question)
                                            for r in index.items])
-        sims = index.vectors @ _unit([embeddings.embed_query(question)])[0]
+        sims = np.where(servable, index.vectors @ _unit([embeddings.embed_query(question)])[0],
+                        -np.inf)
         best = int(np.argmax(sims))
         if sims[best] < self.min_similarity:
             return None
@@ -85,10 +107,12 @@ class ReviewedMatcher:
         if index is not None and index.version == version:
             index.checked = now
             return index
-        items = self.store.reviewed(collection)  # newest first: the newest wins a tie
-        normalized: dict[str, int] = {}
+        # Newest first: the newest wins a tie.
+        items = sorted([*self.store.reviewed(collection),
+                        *self.store.reviewed(collection, pending=True)], key=lambda r: -r.id)
+        normalized: dict[str, list[int]] = {}
         for i, r in enumerate(items):
-            normalized.setdefault(normalize_question(r.question), i)
+            normalized.setdefault(normalize_question(r.question), []).append(i)
         index = _Index(version, now, items, normalized, None)
         self._indexes[key] = index
         return index

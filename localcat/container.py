@@ -236,8 +236,9 @@ class Container:
         return [tag for _, tag in self._models.values()]
 
     def pipeline(self, collection: str | None = None, model: str | None = None, *,
-                 record: bool = False):
-        """The RAG pipeline; ``record`` keeps every answer in the feedback store (for rating)."""
+                 record: bool = False, user: str | None = None):
+        """The RAG pipeline; ``record`` keeps every answer in the feedback store (for rating);
+        ``user``: who asks (kept with the answers; their own pending corrections are served)."""
         from assistant.pipeline import RagPipeline
         from core.llm import translate_runtime_error
 
@@ -249,8 +250,9 @@ class Container:
                            history_turns=p.history_turns,
                            translate_error=lambda exc: translate_runtime_error(exc, llm_settings),
                            on_answer=self.feedback.record_answer if record else None,
-                           attributor=self.attributor, reviewed=self._reviewed_for(retriever),
-                           prompt_version=p.prompt_version, stop_loops=p.stop_loops)
+                           attributor=self.attributor,
+                           reviewed=self._reviewed_for(retriever, user),
+                           prompt_version=p.prompt_version, stop_loops=p.stop_loops, user=user)
 
     @cached_property
     def reviewed(self):
@@ -259,7 +261,7 @@ class Container:
 
         return ReviewedMatcher(self.feedback, self.settings.retrieval.reviewed_min_similarity)
 
-    def _reviewed_for(self, retriever):
+    def _reviewed_for(self, retriever, user: str | None = None):
         # No feedback file yet: nothing was corrected, and reading must not create one.
         if not self.settings.retrieval.reviewed or (
                 self.database is None and not self.settings.feedback_db.is_file()):
@@ -267,7 +269,7 @@ class Container:
         matcher, name, embeddings = self.reviewed, retriever.collection, retriever.embeddings
 
         def lookup(question: str):
-            match = matcher.match(name, question, embeddings)
+            match = matcher.match(name, question, embeddings, user)
             return match.document() if match else None
 
         return lookup
