@@ -137,6 +137,10 @@ def run(app: FastAPI, *, host: str, port: int) -> None:
             threading.Thread(target=ingests.close, name="localcat-cancel-ingests").start()
             super().handle_exit(sig, frame)
 
+    from core.logs import install_redaction
+
     settings = app.state.container.settings
-    Server(uvicorn.Config(app, host=host, port=port, log_level="info",
-                          timeout_graceful_shutdown=settings.server.shutdown_timeout_s)).run()
+    config = uvicorn.Config(app, host=host, port=port, log_level="info",
+                            timeout_graceful_shutdown=settings.server.shutdown_timeout_s)
+    install_redaction()  # after Config: it installs uvicorn's own log handlers
+    Server(config).run()

@@ -12,7 +12,7 @@ from pathlib import Path
 from core.acts import Incoming
 from core.errors import BadRequest, LocalCatError
 from core.schemas import IngestReport
-from localcat.usecases.parts import Caller, Parts
+from localcat.usecases.parts import Caller, Parts, shown_source
 
 
 class TooLarge(LocalCatError):
@@ -20,7 +20,8 @@ class TooLarge(LocalCatError):
 
     def __init__(self, name: str, limit_mb: float):
         super().__init__(f"{name} is larger than the {limit_mb:g} MB upload limit",
-                         "split it, or ask an admin to raise server.max_upload_mb")
+                         "split it, or ask an admin to raise server.max_upload_mb "
+                         "(LOCALCAT_SERVER__MAX_UPLOAD_MB)")
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -70,7 +71,9 @@ def upload(parts: Parts, caller: Caller, collection: str | None, files: list[Inc
 
         report = ingest_upload(parts.ingests, parts.journal, name, save, run)
     parts.audit(caller, "upload", name, {"files": [f.name for f in files][:50]})
-    return report
+    # The uploader learns each file's saved name, not where the server keeps it.
+    return report.model_copy(update={"files": [
+        r.model_copy(update={"path": shown_source(r.path, folder)}) for r in report.files]})
 
 
 def _save(f: Incoming, folder: Path, limit: int, limit_mb: float) -> Path:

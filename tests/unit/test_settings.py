@@ -42,4 +42,4 @@ def test_config_shows_no_secrets(monkeypatch):
         out = CliRunner().invoke(main, args)
         assert out.exit_code == 0, out.output
         assert "an-admin-secret" not in out.stdout and "db-password" not in out.stdout
-        assert "postgresql://app:***@db:5432/localcat" in out.stdout
+        assert "postgresql://***@db:5432/localcat" in out.stdout
