@@ -4,9 +4,10 @@ know which wording produced it; bump it whenever a template changes."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from langchain_core.documents import Document
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, convert_to_messages
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 
 from core.schemas import Message
@@ -86,9 +87,37 @@ QUESTION = (
 )
 
 
+class _FencedPrompt(ChatPromptTemplate):
+    """A prompt that defuses every text it is given: the question, the history, and the context
+    again (defuse changes nothing twice).
+
+    In the template rather than at each caller, so the pipeline, the fine-tune data sets and the
+    benches all send the same text without having to remember it.
+    """
+
+    def format_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        return super().format_messages(**_defused(kwargs))
+
+    async def aformat_messages(self, **kwargs: Any) -> list[BaseMessage]:
+        return await super().aformat_messages(**_defused(kwargs))
+
+
+def _defused(values: dict[str, Any]) -> dict[str, Any]:
+    values = dict(values)
+    for key in ("context", "question"):
+        if isinstance(values.get(key), str):
+            values[key] = defuse(values[key])
+    if values.get("history"):
+        values["history"] = [
+            m.model_copy(update={"content": defuse(m.content)}) if isinstance(m.content, str) else m
+            for m in convert_to_messages(values["history"])
+        ]
+    return values
+
+
 def answer_prompt(version: str = PROMPT_VERSION) -> ChatPromptTemplate:
     """The answer prompt of a prompt version (a key of SYSTEMS)."""
-    return ChatPromptTemplate.from_messages(
+    return _FencedPrompt.from_messages(
         [("system", SYSTEMS[version]), MessagesPlaceholder("history"), ("human", QUESTION)]
     )
 
@@ -114,9 +143,16 @@ NOT_FOUND = "I could not find anything about that in the documents."
 _CONTROL = re.compile(r"<\|(?=[A-Za-z_]+\|>)|<(?=(?:start|end)_of_turn>)|\[(?=/?INST\])")
 
 
+# Any spelling of a <reference_material> tag (QUESTION's fence): a document, a reviewed answer, the
+# history or the question holding "</reference_material>" would end the fence, and what follows
+# would read as outside the untrusted data. Its "<" becomes "&lt;", so the model still reads the
+# word but no tag; text without such a tag is left byte for byte as it was (benchmarked prompts).
+_FENCE = re.compile(r"<(?=[\s/\\]*reference[\s_-]*material)", re.I)
+
+
 def defuse(text: str) -> str:
-    """``text`` with chat-template control strings broken, so they stay plain text."""
-    return _CONTROL.sub(lambda m: m.group(0) + "\u200b", text)
+    """``text`` with chat-template control strings and fence tags broken, so they stay plain text."""
+    return _FENCE.sub("&lt;", _CONTROL.sub(lambda m: m.group(0) + "\u200b", text))
 
 
 # A line holding only a source's header, as format_context writes them ("[2] (faq.txt)"): small
@@ -133,7 +169,7 @@ def drop_echoed_headers(text: str, sources: int) -> str:
 
 
 def format_context(docs: list[Document]) -> str:
-    """Numbered sources, [1] first, each with where it comes from (control strings defused)."""
+    """Numbered sources, [1] first, each with where it comes from (defused: see ``defuse``)."""
     parts = []
     for n, doc in enumerate(docs, start=1):
         m = doc.metadata
