@@ -1,5 +1,5 @@
 """A correction helps the next person at once: real server, real MiniLM, the tiny llama.cpp model,
-the real `openai` client; the CLI lists and revokes."""
+the real `openai` client; the CLI lists, revokes and approves a user's pending correction."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def test_a_correction_is_the_first_source_for_the_same_question_asked_again(tiny
     with serve_app(create_app(c, with_ui=False)) as url:
         answer_id, before = ask(url, "How many vacation days do employees get per year?")
         assert not any(ci["reviewed"] for ci in before)
+        # A server without keys on loopback: the caller is an admin, so the correction is
+        # trusted and served to everyone at once (a user key's would wait for approval, below).
         r = httpx.post(url + "/api/feedback", json={
             "answer_id": answer_id, "rating": "down",
             "correction": "From 2027 every employee gets 30 vacation days a year."})
@@ -76,3 +78,17 @@ def test_a_correction_is_the_first_source_for_the_same_question_asked_again(tiny
         twice = httpx.delete(url + f"/api/reviewed/{listed[0]['id']}")
         assert twice.status_code == 400 and "already revoked" in twice.json()["error"]["message"]
         assert httpx.get(url + "/api/reviewed").json()["reviewed"] == []
+
+        # A user's correction (untrusted) serves no one else until an admin approves it.
+        espresso = "When is the espresso machine descaled?"
+        answer_id, _ = ask(url, espresso)
+        c.feedback.add_feedback(answer_id, "down", correction="Every Monday from May.", user="bob")
+        assert not any(ci["reviewed"] for ci in ask(url, espresso)[1])
+        listed = runner.invoke(main, ["reviewed", "pending", "--json"])
+        assert listed.exit_code == 0, listed.output
+        [row] = json.loads(listed.stdout)
+        assert (row["user"], row["status"], row["answer_id"]) == ("bob", "pending", answer_id)
+        approved = runner.invoke(main, ["reviewed", "approve", str(row["id"]), "--by", "an admin"])
+        assert approved.exit_code == 0 and "for everyone" in approved.stdout
+        first = ask(url, espresso)[1][0]
+        assert first["reviewed"] and "Every Monday" in first["snippet"]
