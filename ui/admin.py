@@ -770,9 +770,10 @@ def build_admin(uc: Any, callers: Callable[[Any], Any]) -> tuple[Any, Callable[.
 
     on([tab.select, r_refresh.click, r_revoked.input], reviewed_list, [r_revoked], [r_table])
     on([r_table.select], select_reviewed, None, [r_id])
-    on([r_revoke.click], judge("revoke", "Revoked"), [r_id, r_revoked], [r_table, r_status])
-    on([r_approve.click], judge("approve", "Approved"), [r_id, r_revoked], [r_table, r_status])
-    on([r_reject.click], judge("reject", "Rejected"), [r_id, r_revoked], [r_table, r_status])
+    for button, action, done in ((r_revoke, "revoke", "Revoked"), (r_approve, "approve", "Approved"),
+                                 (r_reject, "reject", "Rejected")):
+        on([button.click], judge(action, done), [r_id, r_revoked], [r_table, r_status],
+           api_name=action)
 
     def facets(request: gr.Request):
         require_admin(request, "read the monitoring figures")

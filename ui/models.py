@@ -195,19 +195,21 @@ class PullControls:
         return gr.Button(visible=True), gr.Timer(active=self.job is not None and self.job.running)
 
     def wire(self, gr: Any, page: Any, ui: dict) -> None:
-        def start(model: str | None, request: gr.Request):
+        # Gradio names an event's API after its function: these names are its public API.
+        def start_pull(model: str | None, request: gr.Request):
             return self.start(model, request)
 
-        def follow(model: str | None, request: gr.Request):
+        def follow_pull(model: str | None, request: gr.Request):
             return self.follow(model, request)
 
-        def on_load(request: gr.Request):
+        def pull_load(request: gr.Request):
             return self.on_load(request)
 
-        page.load(on_load, None, [ui["pull_btn"], ui["pull_timer"]])
+        page.load(pull_load, None, [ui["pull_btn"], ui["pull_timer"]])
         # Admins only (each handler checks): hidden from the API docs as the Admin tab's are.
-        ui["pull_btn"].click(start, [ui["model"]], [ui["pull_log"], ui["pull_status"],
-                                                    ui["pull_timer"]], api_visibility="undocumented")
-        ui["pull_timer"].tick(follow, [ui["model"]],
+        ui["pull_btn"].click(start_pull, [ui["model"]], [ui["pull_log"], ui["pull_status"],
+                                                         ui["pull_timer"]],
+                             api_visibility="undocumented")
+        ui["pull_timer"].tick(follow_pull, [ui["model"]],
                               [ui["pull_log"], ui["pull_status"], ui["pull_timer"], ui["model"]],
                               api_visibility="undocumented")

@@ -35,7 +35,7 @@ def seed(store: FeedbackStore) -> None:
     store.add_feedback("ans_1", "up")
     store.add_feedback("ans_2", "down")
     store.add_feedback("ans_2", "up")
-    store.add_feedback("ans_3", "down", correction="No [1].")
+    store.add_feedback("ans_3", "down", correction="No [1].", trusted=True)
     # Today, the same model: a "not found" (as the pipeline says it) and one the model refused.
     store.record_answer(answer(5, text=NOT_FOUND, grounded=False, latency_s=0.5))
     store.record_answer(answer(6, text=NOT_FOUND, latency_s=1.5))
@@ -45,7 +45,7 @@ def seed(store: FeedbackStore) -> None:
     store.add_feedback("ans_7", "up")
     # The verdict is the latest row: a correction then a thumbs-up still counts as corrected.
     store.record_answer(answer(8, collection="faq"))
-    store.add_feedback("ans_8", None, correction="Better.")
+    store.add_feedback("ans_8", None, correction="Better.", trusted=True)
     store.add_feedback("ans_8", "up")
     # Long ago: outside a 30-day window.
     store.record_answer(answer(9, days_ago=90))
