@@ -36,9 +36,12 @@ class Principal:
     role: str
     collections: frozenset[str] | None = None  # None: every collection
     per_minute: int | None = None  # None: the settings' limits
+    local: bool = False  # the machine's operator at the command line, not a key
 
     @property
     def label(self) -> str:
+        if self.local:
+            return f"{self.name} (command line)"
         return f"Key {self.name!r}" if self.name else "A request without a key"
 
     def require_admin(self, what: str) -> None:

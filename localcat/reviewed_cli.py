@@ -64,33 +64,45 @@ def pending(collection: str | None, show_all: bool, as_json: bool) -> None:
     _echo(rows, as_json, "No corrections await approval.")
 
 
+def _judge(number: int, action: str, by: str | None) -> Reviewed:
+    """The admin use case every edge shares (audited), as the machine's operator."""
+    from localcat.usecases import Parts, UseCases, operator
+
+    return UseCases(Parts(parts())).judge_reviewed(operator(by), number, action)
+
+
+_BY = click.option("--by", default=None, help="Who does it, for the record and the audit log "
+                   "(default: cli:<login name>).")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+
+
 @reviewed.command()
 @click.argument("number", type=int)
-@click.option("--by", default=None, help="Who approves it (kept with it).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_BY
+@_JSON
 def approve(number: int, by: str | None, as_json: bool) -> None:
     """Serve pending correction NUMBER to everyone (see `localcat reviewed pending`); it replaces
     the one served so far for the same question. Example: `localcat reviewed approve 12`."""
-    r = parts().feedback.approve_reviewed(number, by=by or "localcat reviewed approve")
+    r = _judge(number, "approve", by)
     _echo_one(r, as_json, f"Approved #{r.id}: {r.question!r} is answered with it for everyone.")
 
 
 @reviewed.command()
 @click.argument("number", type=int)
-@click.option("--by", default=None, help="Who rejects it (kept with it).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_BY
+@_JSON
 def reject(number: int, by: str | None, as_json: bool) -> None:
     """Never serve pending correction NUMBER, not even to its author (see `localcat reviewed
     pending`); it stays listed with `pending --all`."""
-    r = parts().feedback.reject_reviewed(number, by=by or "localcat reviewed reject")
+    r = _judge(number, "reject", by)
     _echo_one(r, as_json, f"Rejected #{r.id}: it is served to no one.")
 
 
 @reviewed.command()
 @click.argument("number", type=int)
-@click.option("--by", default=None, help="Who revokes it (kept with it).")
-@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@_BY
+@_JSON
 def revoke(number: int, by: str | None, as_json: bool) -> None:
     """Stop serving reviewed answer NUMBER (see `localcat reviewed list`); it stays listed."""
-    r = parts().feedback.revoke_reviewed(number, by=by or "localcat reviewed revoke")
+    r = _judge(number, "revoke", by)
     _echo_one(r, as_json, f"Revoked #{r.id}: {r.question!r} is answered from the documents again.")

@@ -10,9 +10,9 @@ from localcat.usecases import admin as _admin
 from localcat.usecases import ask as _ask
 from localcat.usecases import feedback as _feedback
 from localcat.usecases import upload as _upload
-from localcat.usecases.parts import LOCAL, Caller, Parts
+from localcat.usecases.parts import Caller, Parts, operator
 
-__all__ = ["LOCAL", "Caller", "Parts", "UseCases"]
+__all__ = ["Caller", "Parts", "UseCases", "operator"]
 
 
 def _bound(fn: Callable) -> Callable:

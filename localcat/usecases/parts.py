@@ -9,15 +9,23 @@ from typing import Any
 
 from core.errors import BadRequest
 from core.settings import Settings
-from localcat.auth import OPEN, Gate, Principal
+from localcat.auth import Gate, Principal
 from localcat.container import Container
 from localcat.uploads import IngestQueue, Journal
 
 Caller = Principal
 """Who is asking: a key's principal, or ``OPEN`` (a keyless loopback server, the local CLI)."""
 
-LOCAL = OPEN
-"""The CLI's caller: the machine's own operator, an admin over every collection."""
+def operator(name: str | None = None) -> Principal:
+    """The CLI's caller: the machine's own operator, an admin over every collection, named in the
+    audit log as ``cli:<login>`` (or ``name``)."""
+    import contextlib
+    import getpass
+
+    login = "unknown"
+    with contextlib.suppress(Exception):  # no login name (a container without a passwd entry)
+        login = getpass.getuser()
+    return Principal(name or f"cli:{login}", "admin", local=True)
 
 
 @dataclass
@@ -40,6 +48,8 @@ class Parts:
               detail: dict[str, Any] | None = None) -> None:
         if self.gate is not None:
             self.gate.audit(caller, action, target, detail)
+        elif caller.local:  # the CLI's admin acts land in the same log
+            self.container.keys.audit(caller.name, caller.role, action, target, detail)
 
 
 def check_length(what: str, text: str, limit: int, setting: str) -> str:

@@ -36,7 +36,11 @@ def test_a_pending_correction_is_listed_approved_and_another_rejected() -> None:
     assert result.exit_code == 0 and f"Approved #{vacation}" in out
     result, out = run("reject", str(laptops), "--json")
     assert result.exit_code == 0, out
-    assert json.loads(out)["revoked_by"] == "rejected by localcat reviewed reject"
+    assert json.loads(out)["revoked_by"].startswith("rejected by cli:")
+    # Both acts are in the admin audit log, as through the API or the page.
+    audit = [(e.key_name, e.action, e.target) for e in Container().keys.audit_log(10)]
+    assert ("root", "reviewed.approve", str(vacation)) in audit
+    assert any(k.startswith("cli:") and a == "reviewed.reject" for k, a, _ in audit)
 
     result, out = run("list")
     assert "'Vacation days?'  [approved]" in out and "Laptops" not in out
