@@ -252,12 +252,8 @@ def _wire_chat(gr, page, ui: dict, session, chat: ChatHandlers, pulls,
     """The Chat tab's events."""
     default_collection = uc.parts.settings.chroma.collection
 
-    def collection_choices(request) -> list[tuple[str, str]]:
-        return [(f"{c['name']} ({c['files']} files, {c['chunks']} chunks)", c["name"])
-                for c in uc.collections(chat.callers(request))]
-
     def refresh(collection: str | None, model: str | None, request: gr.Request):
-        colls = collection_choices(request)
+        colls = _collection_choices(chat, request)
         names = [v for _, v in colls]
         if collection not in names:
             collection = default_collection if default_collection in names or not names else names[0]
@@ -298,22 +294,6 @@ def _wire_chat(gr, page, ui: dict, session, chat: ChatHandlers, pulls,
                                   correction=text.strip())
         return status, "" if saved else gr.skip(), state
 
-    # Gradio injects a tracker into a parameter whose default is gr.Progress().
-    def ingest(files: list[str] | None, collection: str | None, request: gr.Request,
-               progress=gr.Progress()):  # noqa: B008
-        if not files:
-            return gr.skip(), gr.skip(), gr.skip()
-        try:
-            report = chat.upload(request, files, collection, progress)
-        except LocalCatError as err:
-            return _warn(err), gr.skip(), None
-        failed = [f for f in report.files if f.status == "failed"]
-        if failed:
-            gr.Warning("; ".join(f"{Path(f.path).name}: {f.reason}" for f in failed),
-                       title=f"{len(failed)} file(s) not ingested")
-        return (report_markdown(report),
-                gr.Dropdown(choices=collection_choices(request), value=report.collection), None)
-
     pickers = [ui["collection"], ui["model"]]
     page.load(refresh, pickers, pickers)
     ui["refresh_btn"].click(refresh, pickers, pickers)
@@ -332,8 +312,36 @@ def _wire_chat(gr, page, ui: dict, session, chat: ChatHandlers, pulls,
     ui["chat"].like(rate_message, [ui["chat"], session], rated)
     ui["correct_btn"].click(send_correction, [ui["correction"], session],
                             [ui["status"], ui["correction"], session])
-    ui["upload"].upload(ingest, [ui["upload"], ui["collection"]],
+    ui["upload"].upload(_ingest_handler(gr, chat), [ui["upload"], ui["collection"]],
                         [ui["report"], ui["collection"], ui["upload"]])
+
+
+def _collection_choices(chat: ChatHandlers, request) -> list[tuple[str, str]]:
+    """The caller's collections, as the Collection dropdown shows them."""
+    return [(f"{c['name']} ({c['files']} files, {c['chunks']} chunks)", c["name"])
+            for c in chat.uc.collections(chat.callers(request))]
+
+
+def _ingest_handler(gr, chat: ChatHandlers):
+    """The upload box's handler: ingest the files, report, and list their collection."""
+
+    # Gradio injects a tracker into a parameter whose default is gr.Progress().
+    def ingest(files: list[str] | None, collection: str | None, request: gr.Request,
+               progress=gr.Progress()):  # noqa: B008
+        if not files:
+            return gr.skip(), gr.skip(), gr.skip()
+        try:
+            report = chat.upload(request, files, collection, progress)
+        except LocalCatError as err:
+            return _warn(err), gr.skip(), None
+        failed = [f for f in report.files if f.status == "failed"]
+        if failed:
+            gr.Warning("; ".join(f"{Path(f.path).name}: {f.reason}" for f in failed),
+                       title=f"{len(failed)} file(s) not ingested")
+        return (report_markdown(report), gr.Dropdown(choices=_collection_choices(chat, request),
+                                                     value=report.collection), None)
+
+    return ingest
 
 
 def _ask(gr, chat: ChatHandlers, request, question: str, history: list[dict], state: Session,
