@@ -462,8 +462,8 @@ def build_admin(uc: Any, callers: Callable[[Any], Any]) -> tuple[Any, Callable[.
             feedback.layout()
             finetune.layout()
             monitoring.layout()
-    # Gradio numbers the events, and tells apart API names that repeat (handler, handler_1, ...),
-    # in the order they are wired: this order keeps the page's API as it was.
+    # Gradio numbers the events in the order they are wired (every API name is explicit or a
+    # handler's own, so the order changes no name).
     feedback.wire(tab)
     monitoring.wire(tab, finetune.collection)
     finetune.wire(tab, timer, drawn)

@@ -101,16 +101,19 @@ class FinetuneTab:
         on = self.ctx.on
         versions = [self.v_table, self.v_pick, self.v_status]
         on([tab.select], self.versions, None, versions)
-        on([self.v_use.click], self.switch("use"), [self.v_pick], versions)
-        on([self.v_rollback.click], self.switch("rollback"), [self.v_pick], versions)
+        # Named: a generated name ("handler_2") would shift whenever an event is added.
+        on([self.v_use.click], self.switch("use"), [self.v_pick], versions, api_name="use_model")
+        on([self.v_rollback.click], self.switch("rollback"), [self.v_pick], versions,
+           api_name="rollback_model")
 
         retrieval = [self.rv_collection, self.rv_table, self.rv_pick]
         on([tab.select, self.rv_collection.input], self.retrieval, [self.rv_collection],
            retrieval)
         on([self.rv_use.click], self.retrieval_switch("use"), [self.rv_collection, self.rv_pick],
-           [*retrieval, self.rv_status])
+           [*retrieval, self.rv_status], api_name="use_retrieval")
         on([self.rv_rollback.click], self.retrieval_switch("rollback"),
-           [self.rv_collection, self.rv_pick], [*retrieval, self.rv_status])
+           [self.rv_collection, self.rv_pick], [*retrieval, self.rv_status],
+           api_name="rollback_retrieval")
 
         on([tab.select, self.runs_btn.click], self.runs_refresh, [self.runs], [self.runs])
         on([self.runs.change], self.show_run, [self.runs], [self.plot, self.eval])

@@ -307,8 +307,8 @@ def _wire_chat(gr, page, ui: dict, session, chat: ChatHandlers, pulls,
     # The chat's own "Clear" must also forget the history the next question is condensed with.
     ui["chat"].clear(Session, None, session)
     rated = [ui["status"], session, ui["chat"]]
-    ui["up_btn"].click(rate_last("up"), [ui["chat"], session], rated)
-    ui["down_btn"].click(rate_last("down"), [ui["chat"], session], rated)
+    ui["up_btn"].click(rate_last("up"), [ui["chat"], session], rated, api_name="rate_up")
+    ui["down_btn"].click(rate_last("down"), [ui["chat"], session], rated, api_name="rate_down")
     ui["chat"].like(rate_message, [ui["chat"], session], rated)
     ui["correct_btn"].click(send_correction, [ui["correction"], session],
                             [ui["status"], ui["correction"], session])

@@ -132,3 +132,21 @@ def test_request_limits(edge: Edge) -> None:
     r = httpx.post(edge.url + "/api/feedback", headers=bearer(USER),
                    json={"answer_id": answer_id, "correction": "c" * 30_000})
     assert r.status_code == 400 and re.search(r"more than the [\d,]+ allowed", r.text)
+
+
+def test_a_scoped_key_reaches_only_its_collection(edge: Edge) -> None:
+    scoped = edge.keys["scoped"]  # made with --collection other
+    assert "may not use collection 'handbook'" in error_of(chat(edge.url, scoped), 403)
+    assert error_of(httpx.get(edge.url + "/ui/", headers=bearer(scoped)), 403)
+    r = httpx.post(f"{edge.url}/ui/gradio_api/call/ask", auth=("s", scoped),
+                   json={"data": ["Vacation days?", [], "handbook", None]})
+    assert error_of(r, 403)
+    answer_id = chat(edge.url, USER).json()["id"]
+    r = httpx.post(edge.url + "/api/feedback", headers=bearer(scoped),
+                   json={"answer_id": answer_id, "rating": "up"})
+    assert "may not use collection 'handbook'" in error_of(r, 403)
+    r = httpx.post(edge.url + "/api/ingest", headers=bearer(scoped),
+                   files={"files": ("a.txt", b"a")}, data={"collection": "handbook"})
+    assert error_of(r, 403)
+    assert httpx.get(edge.url + "/api/collections", headers=bearer(scoped)).json() == {
+        "collections": []}
