@@ -265,7 +265,8 @@ def test_an_upload_cut_off_after_its_pending_row_is_redone_at_the_next_start(tmp
             raise RuntimeError("power cut")
 
         monkeypatch.setattr(c.vectors, "upsert", power_cut)
-        with TestClient(create_app(c, with_ui=False), raise_server_exceptions=False) as client:
+        with TestClient(create_app(c, with_ui=False), base_url="http://127.0.0.1",
+                        raise_server_exceptions=False) as client:
             r = client.post("/api/ingest", files=[("files", ("leave.md", GOOD))],
                             data={"collection": COLLECTION})
         assert r.status_code == 500, r.text

@@ -362,7 +362,7 @@ def test_serve_follows_the_watch_list_in_settings(folder, monkeypatch):
                        json.dumps([{"path": str(folder), "collection": "served"}]))
     c = Container()
     try:
-        with TestClient(create_app(c, with_ui=False)) as client:
+        with TestClient(create_app(c, with_ui=False), base_url="http://127.0.0.1") as client:
             wait_for(in_step(c, "served", folder), "the start-up rescan")
             (folder / "new.md").write_text("Added while the server runs.\n")
             wait_for(in_step(c, "served", folder), "a file added while serving")
