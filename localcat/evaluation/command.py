@@ -53,6 +53,15 @@ from localcat.evaluation.report import require_matplotlib
               help="Where to write the PNG (default: FOLDER/eval.png; with --answers, "
                    "FOLDER/ANSWERS.png or $data_dir/eval/ANSWERS.png).")
 @click.option("--no-plot", is_flag=True, help="Skip the plot.")
+@click.option("--suite", "suite", is_flag=True,
+              help="FOLDER is a multi-domain suite (scripts/build_eval_suite.py): retrieval per "
+                   "domain, the mean and the worst domain [split default: dev].")
+@click.option("--domain", "domains", multiple=True, help="With --suite: only this domain "
+              "(repeatable).")
+@click.option("--baseline", "baseline_path", type=click.Path(exists=True, dir_okay=False,
+              path_type=Path), default=None,
+              help="With --suite: an earlier run's --json report; adds paired 95 % intervals of "
+                   "the difference per domain and for the mean.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Path, ...],
@@ -61,7 +70,8 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
                  work_dir: Path | None, chunk_size: int | None, chunk_overlap: int | None,
                  rrf_k: int | None, dense_weight: float | None, bm25_weight: float | None,
                  prose_bm25_weight: float | None, candidates: int | None, min_similarity: float | None, min_coverage: float | None,
-                 plot_path: Path | None, no_plot: bool, as_json: bool, quiet: bool) -> None:
+                 plot_path: Path | None, no_plot: bool, suite: bool, domains: tuple[str, ...],
+                 baseline_path: Path | None, as_json: bool, quiet: bool) -> None:
     """Measure retrieval on a BEIR folder (nDCG@10, recall@10, MRR@10, hit@k for dense, BM25,
     fused), or, with --answers, the answers of one or more models.
 
@@ -78,11 +88,17 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
         localcat eval ~/.local/share/localcat/eval/python-faq --work-dir /tmp/faq-eval
 
         localcat eval --answers bench/answers-samples.jsonl --docs samples/ --model default
+
+        localcat eval --suite ~/.local/share/localcat/eval/suite --json > dev.json
     """
     from core.settings import RetrievalSettings, Settings
 
     if answers_path is None and (docs or models or limit or records_path):
         raise click.UsageError("--docs, --model, --limit and --records go with --answers")
+    if suite and (answers_path is not None or folder is None):
+        raise click.UsageError("--suite takes the suite's FOLDER, without --answers")
+    if (domains or baseline_path) and not suite:
+        raise click.UsageError("--domain and --baseline go with --suite")
     if answers_path is None and folder is None:
         raise click.UsageError("give a BEIR FOLDER, or --answers ANSWERS.jsonl with --docs")
     if answers_path is not None and (folder is None) == (not docs):
@@ -107,6 +123,10 @@ def eval_command(folder: Path | None, answers_path: Path | None, docs: tuple[Pat
     except ValueError as exc:
         raise ConfigError(f"Bad override: {exc}", "check the option values") from exc
 
+    if suite:
+        return _suite(folder, split or "dev", list(domains), baseline_path, work_dir, settings,
+                      None if no_plot else plot_path or folder / f"suite-{split or 'dev'}.png",
+                      as_json, quiet)
     if answers_path is not None:
         report, default_plot = _answers(answers_path, folder, list(docs), list(models) or ["default"],
                                         split, limit, work_dir, settings, quiet, records_path)
@@ -175,3 +195,28 @@ def _answers(answers_path: Path, folder: Path | None, docs: list[Path], models: 
                              docs=[str(folder)] if folder else [str(d) for d in docs])
     plots = folder if folder is not None else settings.data_dir / "eval"
     return report, plots / f"{answers_path.stem}.png"
+
+
+def _suite(folder: Path, split: str, domains: list[str], baseline_path: Path | None,
+           work_dir: Path | None, settings, plot_path: Path | None, as_json: bool,
+           quiet: bool) -> None:
+    from localcat.evaluation.suite import compare, plot_suite, render_suite, run_suite
+
+    baseline = None
+    if baseline_path is not None:  # read first: a bad file fails before minutes of ingest
+        try:
+            baseline = json.loads(baseline_path.read_text(encoding="utf-8"))
+            baseline["domains"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{baseline_path} is not a suite report ({exc})",
+                              "give the --json output of an earlier `localcat eval --suite`") \
+                from exc
+    report = run_suite(folder, split, work_dir, settings, domains=domains, quiet=quiet)
+    if baseline is not None:
+        report["compare"] = compare(report, baseline)
+        report["compare"]["baseline"] = str(baseline_path)
+    if plot_path is not None:
+        plot_suite(report, plot_path)
+        report["plot"] = str(plot_path)
+        click.echo(f"plot: {plot_path}", err=True)
+    click.echo(json.dumps(report, indent=2) if as_json else render_suite(report))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from core.errors import ConfigError
 from localcat.evaluation.datasets import BeirSet
-from localcat.evaluation.metrics import doc_ranking, score_run
+from localcat.evaluation.metrics import doc_ranking, ndcg_at_k, score_run
 
 if TYPE_CHECKING:  # settings (pydantic-settings) stay out of `localcat --help`'s imports
     from core.settings import RetrievalSettings, Settings
@@ -237,9 +237,14 @@ def evaluate(data: BeirSet, prepared: Prepared, rs: RetrievalSettings, *,
     def first_rank(ranked: list[str], rels: Mapping[str, int]) -> int | None:
         return next((r for r, d in enumerate(ranked, 1) if rels.get(d, 0) > 0), None)
 
+    # Per query, for paired comparisons: fused nDCG@10, and whether the relevant document is
+    # among the k chunks the model would be shown (the relevance bar applied).
+    shown = {q: any(data.qrels[q].get(prepared.chunk_doc.get(i, ""), 0) > 0
+                    for i in rank(c, rs)[: rs.k]) for q, c in answerable.items()}
     per_query = [
         {"id": q, "text": data.queries[q],
          **{f"rank_{m}": first_rank(runs[m][q], data.qrels[q]) for m in MODES},
+         "ndcg_fused": ndcg_at_k(runs["fused"][q], data.qrels[q]), "shown": shown[q],
          "top_similarity": answerable[q].top_similarity, "top_bm25": answerable[q].top_bm25,
          "coverage": answerable[q].coverage}
         for q in data.queries
