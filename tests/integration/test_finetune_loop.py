@@ -281,7 +281,7 @@ def real_ollama(tmp_path: Path):
     """A real Ollama server (bigdl-core-cpp's build, ~2.6 GB; its create/show API works on a CPU)."""
     libs = _ollama_libs()
     if libs is None or not (libs / "ollama-lib").is_file():
-        pytest.fail("--real-ollama needs bigdl-core-cpp's Ollama (shared/RUNTIME.md); "
+        pytest.fail("--real-ollama needs bigdl-core-cpp's Ollama (`pip install bigdl-core-cpp`); "
                     "install it or set BIGDL_OLLAMA_LIBS to its libs/ollama folder")
     import httpx
 

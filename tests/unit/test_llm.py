@@ -213,7 +213,7 @@ def test_threads_default_to_the_cores_available(tmp_path: Path):
 
 
 def test_tests_run_llama_cpp_on_one_thread():
-    # tests/conftest.py: a busy shared machine collapses with more threads (shared/RUNTIME.md)
+    # tests/conftest.py: a busy shared machine collapses with more threads
     assert Settings().llm.threads == 1
 
 
